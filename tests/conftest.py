@@ -1,0 +1,34 @@
+"""Shared fixtures: real photos from PyPI packages (see tests/assets.py), image factories."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from assets import asset  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """``photo("obama.jpg")`` → Path of a cached real test photo."""
+    return asset
+
+
+@pytest.fixture(scope="session")
+def rgb():
+    """``rgb("obama.jpg")`` → (H, W, 3) uint8 RGB array of a cached real test photo."""
+    from easyphoto.images import load_rgb_array
+
+    cache: dict[str, np.ndarray] = {}
+
+    def load(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = load_rgb_array(asset(name))
+        return cache[name].copy()
+
+    return load
