@@ -47,7 +47,15 @@ class UserBusy(EasyPhotoError):
 
 
 class ImageError(EasyPhotoError):
-    """An image file cannot be used: unreadable, corrupt, too large, ..."""
+    """An image file cannot be used: unreadable, corrupt, too large, ...
+
+    ``code`` says which: ``"unreadable"`` (missing, empty, not an image, corrupt) or
+    ``"too_large"`` (over the pixel or byte limit).
+    """
+
+    def __init__(self, message: str, code: str = "unreadable"):
+        super().__init__(message)
+        self.code = code
 
 
 class FaceNotFound(EasyPhotoError):

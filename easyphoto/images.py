@@ -39,13 +39,13 @@ def _read_bytes(source: Source, label: str) -> bytes:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise ImageError(f"{label}: file is {size / 2**20:.0f} MiB; the limit is "
-                             f"{MAX_FILE_BYTES / 2**20:.0f} MiB")
+                             f"{MAX_FILE_BYTES / 2**20:.0f} MiB", code="too_large")
         data = path.read_bytes()
     if not data:
         raise ImageError(f"{label}: the file is empty (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
         raise ImageError(f"{label}: file is {len(data) / 2**20:.0f} MiB; the limit is "
-                         f"{MAX_FILE_BYTES / 2**20:.0f} MiB")
+                         f"{MAX_FILE_BYTES / 2**20:.0f} MiB", code="too_large")
     return data
 
 
@@ -56,7 +56,7 @@ def _open(data: bytes, label: str, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageError(f"{label}: the image is far larger than the limit of "
-                         f"{max_pixels / 1e6:.0f} MP — downscale it first") from None
+                         f"{max_pixels / 1e6:.0f} MP — downscale it first", code="too_large") from None
     except UnidentifiedImageError:
         raise ImageError(f"{label}: not an image file (the format is not recognised)") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -64,7 +64,8 @@ def _open(data: bytes, label: str, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(f"{label}: the image is {width}×{height} ({width * height / 1e6:.0f} MP); "
-                         f"the limit is {max_pixels / 1e6:.0f} MP — downscale it first")
+                         f"the limit is {max_pixels / 1e6:.0f} MP — downscale it first",
+                         code="too_large")
     if width < 1 or height < 1:
         raise ImageError(f"{label}: the image has no pixels ({width}×{height})")
     return image

@@ -1,0 +1,1 @@
+"""Diffusion engines behind one protocol (diffusers standalone, the WebUI host)."""

@@ -1,0 +1,1 @@
+"""Inference: template → two-stage portrait → multi-person group → batch."""

@@ -1,0 +1,1 @@
+"""Training: photo check → preprocess → LoRA → validation → fusion."""
