@@ -41,14 +41,14 @@ def test_unknown_name_is_refused(tmp_path):
 
 
 def test_lite_is_always_lite(tmp_path):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     backend = get_face_backend("lite", models_dir=placeholder_pack(tmp_path))
     assert backend.name == "lite"
     assert describe_backend(backend)["fallback_reason"] is None
 
 
 def test_full_without_files_falls_back_to_lite_with_a_warning(tmp_path, caplog):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     with caplog.at_level(logging.WARNING, logger="easyphoto.face"):
         backend = get_face_backend("full", models_dir=tmp_path)
     assert backend.name == "lite"
@@ -61,7 +61,7 @@ def test_full_without_files_falls_back_to_lite_with_a_warning(tmp_path, caplog):
 
 
 def test_warning_names_only_the_missing_file(tmp_path, caplog):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     placeholder_pack(tmp_path, files=("det_10g.onnx",))
     with caplog.at_level(logging.WARNING, logger="easyphoto.face"):
         backend = get_face_backend("full", models_dir=tmp_path)
@@ -71,7 +71,7 @@ def test_warning_names_only_the_missing_file(tmp_path, caplog):
 
 
 def test_full_without_insightface_names_the_package(tmp_path, caplog, monkeypatch):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "insightface" else real_find_spec(name, *a))
@@ -83,7 +83,7 @@ def test_full_without_insightface_names_the_package(tmp_path, caplog, monkeypatc
 
 
 def test_auto_picks_lite_quietly_without_files(tmp_path, caplog):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     with caplog.at_level(logging.INFO, logger="easyphoto.face"):
         backend = get_face_backend("auto", models_dir=tmp_path)
     assert backend.name == "lite"
@@ -93,7 +93,7 @@ def test_auto_picks_lite_quietly_without_files(tmp_path, caplog):
 
 @pytest.mark.parametrize("name", ["auto", "full", "FULL"])
 def test_full_when_its_files_are_there(tmp_path, name):
-    pytest.importorskip("insightface")
+    import insightface  # noqa: F401
     backend = get_face_backend(name, models_dir=placeholder_pack(tmp_path))
     assert backend.name == "full"
     info = describe_backend(backend)
@@ -108,7 +108,7 @@ def test_full_when_its_files_are_there(tmp_path, name):
 
 
 def test_models_dir_from_the_environment(tmp_path, monkeypatch):
-    pytest.importorskip("insightface")
+    import insightface  # noqa: F401
     monkeypatch.setenv("EASYPHOTO_MODELS_DIR", str(placeholder_pack(tmp_path)))
     assert get_face_backend("auto").name == "full"
 
@@ -116,7 +116,7 @@ def test_models_dir_from_the_environment(tmp_path, monkeypatch):
 def test_files_found_through_an_injected_model_store(tmp_path):
     """A store (``is_present`` / ``path``, as ``easyphoto.weights.ModelStore``) wins over the
     folder layout, e.g. the WebUI's host-aware store."""
-    pytest.importorskip("insightface")
+    import insightface  # noqa: F401
     pack = placeholder_pack(tmp_path / "elsewhere") / "insightface" / "models" / "buffalo_l"
 
     class Store:
@@ -133,7 +133,7 @@ def test_files_found_through_an_injected_model_store(tmp_path):
 
 def test_the_registry_and_the_fallback_layout_agree(tmp_path):
     """``easyphoto.weights`` puts buffalo_l where the full backend's own layout looks for it."""
-    weights = pytest.importorskip("easyphoto.weights")
+    from easyphoto import weights
     from easyphoto.face.full_models import (INSIGHTFACE_LAYOUT, INSIGHTFACE_ROLE, MODELSCOPE_MODELS,
                                             PARSER_ROLE)
 
@@ -146,7 +146,7 @@ def test_the_registry_and_the_fallback_layout_agree(tmp_path):
 
 def test_describe_without_a_backend_describes_the_default_choice(tmp_path, monkeypatch):
     """``easyphoto doctor`` calls ``describe_backend()`` with no argument."""
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     monkeypatch.setenv("EASYPHOTO_MODELS_DIR", str(tmp_path))
     info = describe_backend()
     assert info["name"] == "lite"

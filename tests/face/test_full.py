@@ -22,8 +22,8 @@ import logging
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("insightface")
+import onnx  # noqa: E402,F401
+import insightface  # noqa: F401
 
 import onnx_fakes  # noqa: E402  (tests/face helper, needs onnx)
 
@@ -150,7 +150,7 @@ def test_missing_files_raise_model_unavailable(tmp_path):
 
 
 def test_missing_modelscope_models_fall_back_to_lite_logged_once(models_dir, rgb, caplog):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     full = FullBackend(models_dir, providers=["CPUExecutionProvider"])
     image = rgb("obama.jpg")
     with caplog.at_level(logging.WARNING):
@@ -172,7 +172,7 @@ def test_missing_modelscope_models_fall_back_to_lite_logged_once(models_dir, rgb
 
 
 def test_part_masks_fall_back_to_lite(models_dir, rgb):
-    pytest.importorskip("easyphoto.face.lite")
+    import easyphoto.face.lite  # noqa: F401
     full = FullBackend(models_dir, providers=["CPUExecutionProvider"])
     image = rgb("obama.jpg")
     face = full.detect(image)[0]

@@ -64,7 +64,7 @@ def test_id_score_is_cosine_to_group_mean():
 
 @pytest.fixture(scope="module")
 def lite():
-    lite_module = pytest.importorskip("easyphoto.face.lite")
+    from easyphoto.face import lite as lite_module
     backend = lite_module.LiteBackend()
     yield backend
     backend.unload()
