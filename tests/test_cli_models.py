@@ -22,18 +22,15 @@ from easyphoto.cli import common_parser, doctor, models
 from easyphoto.errors import EasyPhotoError
 from easyphoto.weights import ModelStore
 from easyphoto.weights_registry import REGISTRY
-from test_weights import SPEC_ROLES, FileServer, payload, sha, url_spec
+from test_weights import SPEC_ROLES, FileServer, clean_env, payload, sha, url_spec  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    for name in ("HF_HUB_OFFLINE", "EASYPHOTO_OFFLINE", "HF_ENDPOINT", "EASYPHOTO_MODEL_URL_BASE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: no prompts
+def no_terminal(monkeypatch):
+    """``clean_env`` (imported, autouse) clears the environment; stdin is not a terminal."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # no prompts
 
 
 @pytest.fixture
