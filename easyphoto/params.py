@@ -25,6 +25,8 @@ CAPTION = "easyphoto_face, easyphoto, 1person"
 SAMPLERS = ("DPM++ 2M SDE Karras", "DPM++ 2M Karras", "Euler a", "Euler", "DDIM", "UniPC")
 FACE_BACKENDS = ("auto", "lite", "full")
 MAX_PEOPLE = 5
+#: The random-weight preset for smoke tests and CI (its images are noise).
+TINY_RANDOM = "tiny-random"
 NO_USER = "none"
 
 
@@ -161,7 +163,8 @@ class TrainRequest(_Request):
                          min=1, max=64, required=True)
     base_model: str = param("", "SD checkpoint: a .safetensors file, a diffusers folder, a "
                             "registry role, or 'tiny-random' (a random model for smoke tests; "
-                            "produces noise). Empty = the registry's SD1.5 (SDXL) base.")
+                            "produces noise). Empty = the registry's SD1.5 (SDXL) base.",
+                            flag="--base")
     sdxl: bool = param(False, "train an SDXL LoRA (rank 32, 1024 px, 600 steps by default)")
     overwrite: bool = param(False, "replace an existing user id of the same name")
     face_backend: str = param("auto", "face models: full (insightface + modelscope), lite "
@@ -171,8 +174,8 @@ class TrainRequest(_Request):
                             min=1, max=50, group="advanced")
     enhance_small_photos: bool = param(True, "portrait-enhance crops smaller than 512 px "
                                        "(at most half of the photos)", group="advanced")
-    resolution: Optional[int] = param(None, "training resolution in px (default 512; SDXL 1024)",
-                                      min=256, max=2048, group="advanced")
+    resolution: Optional[int] = param(None, "training resolution in px (default 512; SDXL 1024; "
+                                      "tiny-random 64)", min=64, max=2048, group="advanced")
     rank: Optional[int] = param(None, "LoRA rank (default 128; SDXL 32)", min=1, max=512,
                                 group="advanced")
     network_alpha: Optional[int] = param(None, "LoRA alpha (default 64; SDXL 16)", min=1, max=512,
@@ -210,6 +213,8 @@ class TrainRequest(_Request):
     validation_cfg: float = param(9.0, "validation CFG scale", min=1.0, max=30.0, group="advanced")
     validation_canny: bool = param(True, "canny ControlNet in validation (paper; the reference "
                                    "code dropped it)", group="advanced")
+    keep_checkpoints: bool = param(False, "keep every intermediate LoRA checkpoint in the user's "
+                                   "folder (large: ~150 MB each at rank 128)", group="advanced")
     enable_rl: bool = param(False, "DDPO identity reinforcement after the LoRA (SPEC 1.5)",
                             group="advanced")
     rl_time_limit_hours: float = param(1.0, "DDPO time limit in hours", min=1.0, max=12.0,
@@ -222,13 +227,19 @@ class TrainRequest(_Request):
         True: MappingProxyType({"resolution": 1024, "rank": 32, "network_alpha": 16,
                                 "max_train_steps": 600}),
     })
+    #: Defaults of the ``tiny-random`` preset (64 px models whose layers are 32-64 wide).
+    tiny_defaults: ClassVar[Mapping[str, int]] = MappingProxyType({
+        "resolution": 64, "rank": 4, "network_alpha": 2})
 
     def _validate_more(self) -> None:
         _check_user_id(self.user_id, allow_none=False)
 
     def resolved(self) -> "TrainRequest":
         """A copy with family defaults filled in for every ``None`` field."""
-        filled = {k: v for k, v in self.family_defaults[self.sdxl].items() if getattr(self, k) is None}
+        defaults = dict(self.family_defaults[self.sdxl])
+        if self.base_model == TINY_RANDOM:
+            defaults.update(self.tiny_defaults)
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
 
     def train_steps(self, photos_kept: int) -> int:
@@ -245,7 +256,7 @@ class InferRequest(_Request):
                            "that face as it is", min=1, max=MAX_PEOPLE, flag="--user-id",
                            required=True)
     base_model: str = param("", "SD1.5 checkpoint (file, diffusers folder, registry role or "
-                            "'tiny-random'); empty = the registry's SD1.5 base")
+                            "'tiny-random'); empty = the registry's SD1.5 base", flag="--base")
     face_backend: str = param("auto", "face models: full, lite or auto", choices=FACE_BACKENDS)
     additional_prompt: str = param("masterpiece, beauty", "added to the positive prompt",
                                    max=2000)

@@ -125,3 +125,9 @@ def test_cli_range_errors_are_clear():
         request_from_args(InferRequest, args)
     with pytest.raises(SystemExit):
         _parse(InferRequest, ["--user-id", "a", "--sampler", "LMS"])
+
+
+def test_tiny_random_preset_defaults():
+    tiny = TrainRequest(user_id="a", base_model="tiny-random").resolved()
+    assert (tiny.resolution, tiny.rank, tiny.network_alpha) == (64, 4, 2)
+    assert TrainRequest(user_id="a", base_model="tiny-random", rank=8).resolved().rank == 8
