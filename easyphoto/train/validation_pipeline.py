@@ -102,11 +102,22 @@ def canny_control(image: np.ndarray) -> np.ndarray:
     return np.repeat(edges[:, :, None], 3, axis=2)
 
 
+def square_crop_box(face_box: Box, ratio: float, width: int, height: int) -> Box:
+    """A square of side ``ratio × max(face w, h)`` centred on the face, shrunk to fit the
+    image and shifted inside it. Square crops give every template the same working size, so
+    all templates of a checkpoint render in one batched pipeline call."""
+    side = min(ratio * max(face_box.width, face_box.height), width, height)
+    cx, cy = face_box.center
+    x0 = min(max(cx - side / 2, 0.0), width - side)
+    y0 = min(max(cy - side / 2, 0.0), height - side)
+    return Box(x0, y0, x0 + side, y0 + side)
+
+
 def prepare_input(image: np.ndarray, face_box: Box, resolution: int) -> ValidationInput:
-    """Crop ``image`` at ``face_box×3``, mask ``face_box×1.3`` and resize for a
-    ``resolution``-px working size (see :class:`ValidationInput`)."""
+    """Crop ``image`` at a square ``face_box×3`` (see :func:`square_crop_box`), mask
+    ``face_box×1.3`` and resize for a ``resolution``-px working size (:class:`ValidationInput`)."""
     height, width = image.shape[:2]
-    crop_image, (ox, oy) = crop(image, face_box.scaled(CROP_RATIO, (width, height)))
+    crop_image, (ox, oy) = crop(image, square_crop_box(face_box, CROP_RATIO, width, height))
     ch, cw = crop_image.shape[:2]
     if min(ch, cw) < 8:
         raise ValidationError(f"the face crop of a validation template is too small ({cw}×{ch}).")

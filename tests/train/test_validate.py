@@ -369,3 +369,16 @@ def test_render_score_fuse_prefers_the_checkpoint_that_keeps_the_identity(
     assert (tmp_path / "face_id.jpg").read_bytes() == by_step[200].path.read_bytes()
     fused, original = load_file(tmp_path / "lora.safetensors"), load_file(lora_files[200])
     assert all(torch.equal(fused[k], original[k]) for k in original)
+
+
+def test_square_crops_batch_templates_of_any_aspect():
+    """Templates of different aspect ratios get the same working size (one batched call)."""
+    from easyphoto.face.types import Box
+    from easyphoto.train.validation_pipeline import prepare_input, square_crop_box
+
+    tall, wide = np.zeros((900, 400, 3), np.uint8), np.zeros((300, 1200, 3), np.uint8)
+    box = square_crop_box(Box(150, 100, 250, 220), 3.0, 400, 900)
+    assert box.width == box.height == 360 and box.x0 >= 0 and box.x1 <= 400
+    sizes = {prepare_input(image, face, 64).image.shape for image, face in
+             ((tall, Box(150, 100, 250, 220)), (wide, Box(10, 20, 90, 110)))}
+    assert sizes == {(64, 64, 3)}

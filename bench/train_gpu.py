@@ -1,0 +1,103 @@
+"""GPU benchmark of EasyPhoto training (SPEC 1.3–1.4) vs a re-enactment of the reference's way.
+
+Full-size SD1.5 architecture with random weights (bench/random_models.py), the 10-photo dataset
+made by bench/prepare_train_data.py (carried in ``.bench/train10``), reference defaults:
+rank 128 / alpha 64, 512 px, batch 1 × accumulation 4, 800 steps, checkpoint + validation every
+100 steps (4 templates, 20 steps, canny ControlNet), top-10 fusion.
+
+    python bench/train_gpu.py ours        # EasyPhoto's trainer and validator
+    python bench/train_gpu.py reference   # stock-diffusers re-enactment (bench/train_reference.py)
+
+Prints one JSON line with per-stage wall times, steps/s, peak VRAM and the GPU name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+DATA = ROOT / ".bench" / "train10"
+
+
+def _sync() -> float:
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def gpu_info() -> dict:
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "torch": torch.__version__}
+
+
+def run_ours(steps: int, out: Path) -> dict:
+    import numpy as np
+
+    from easyphoto.face.lite import LiteBackend
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.fusion import choose_and_fuse
+    from easyphoto.train.lora import train_lora
+    from easyphoto.train.lora_io import fuse_checkpoints
+    from easyphoto.train.validate import render_all_checkpoints, score_renders, validation_templates
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    times = {}
+    start = _sync()
+    components = random_components("sd15", dtype=torch.bfloat16)
+    times["load_models"] = _sync() - start
+    start = _sync()
+    output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps)
+    times["train_total"] = _sync() - start
+    times.update({f"train_{k}": v for k, v in output.seconds.items()})
+    backend = LiteBackend()
+    start = _sync()
+    templates = validation_templates(None, sorted((DATA / "photos").iterdir()), backend=backend)
+    renders = render_all_checkpoints(components, output.checkpoints, templates, request,
+                                     out / "validation")
+    times["validation_render"] = _sync() - start
+    start = time.perf_counter()
+    score_renders(renders, np.load(DATA / "embeddings.npy", allow_pickle=False), backend)
+    times["validation_score"] = time.perf_counter() - start
+    start = time.perf_counter()
+    paths = [c.path for c in output.checkpoints]
+    fuse_checkpoints(paths, [1.0 / len(paths)] * len(paths), out / "fused_all.safetensors")
+    times["fusion_weighted_average"] = time.perf_counter() - start
+    choose_and_fuse(renders, output.checkpoints, request.fusion_top_k, out / "lora.safetensors",
+                    face_id_path=out / "face_id.jpg", ref_image=DATA / "ref.jpg")
+    total = times["train_total"] + times["validation_render"] + times["validation_score"] + \
+        times["fusion_weighted_average"]
+    return {"way": "ours", "steps": steps, "renders": len(renders), **times,
+            "total_excl_load_and_preprocess": total,
+            "steps_per_s": steps / output.seconds["train"] if output.seconds["train"] else None}
+
+
+def main() -> None:
+    way = sys.argv[1] if len(sys.argv) > 1 else "ours"
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 800
+    out = Path("/tmp/easyphoto-bench") / way
+    torch.cuda.reset_peak_memory_stats()
+    if way == "ours":
+        result = run_ours(steps, out)
+    else:
+        from train_reference import run_reference
+
+        result = run_reference(steps, out, DATA)
+    result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    pre = json.loads((DATA / "bench_preprocess.json").read_text())
+    result["preprocess_cpu_s"] = pre["preprocess_s"]
+    result.update(gpu_info())
+    print("BENCH " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                                 for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
