@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Optional
 SOURCES = frozenset({"hf", "modelscope", "url"})
 #: The WebUI model folders a file can belong to (HOST.md "Model folders").
 HOST_FOLDERS = ("Stable-diffusion", "VAE", "ControlNet", "Lora")
-KINDS = frozenset({"checkpoint", "vae", "controlnet", "lora", "annotator", "face"})
+KINDS = frozenset({"checkpoint", "vae", "controlnet", "lora", "annotator", "face", "tokenizer"})
 FAMILIES = frozenset({"sd15", "sdxl", "any"})
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -166,6 +166,11 @@ def _diffusion_models() -> tuple[ModelSpec, ...]:
             "sdxl-vae-fp16-fix.safetensors", repo_file="sdxl_vae.safetensors", size=334641162,
             sha256="235745af8d86bf4a4c1b5b4f529868b37019a10f7c0b2e79ad0abca3a22bc6e1",
             host_folder="VAE", subdir="VAE", optional=True, licence="MIT", commercial_use=True),
+        _url("clip_bpe_vocab", "CLIP BPE vocabulary (tokenizer for single-file checkpoints)",
+             "tokenizer", "any", "https://github.com/openai/CLIP/raw/main/clip/"
+             "bpe_simple_vocab_16e6.txt.gz", "bpe_simple_vocab_16e6.txt.gz", subdir="tokenizers",
+             licence="MIT", commercial_use=True,
+             notes="training from a single .safetensors file rebuilds CLIP's tokenizers from it"),
         _url("lora_filmvelvia3", "FilmVelvia3 style LoRA", "lora", "sd15",
              EP_OSS + "FilmVelvia3.safetensors", "FilmVelvia3.safetensors",
              host_folder="Lora", subdir="Lora", optional=True,

@@ -39,7 +39,7 @@ MAX_TOKENS = 77
 #: Number of BPE merges the CLIP vocabulary uses (49408 - 2 × 256 - 2 special tokens).
 CLIP_MERGES = 48894
 BPE_GZ = "bpe_simple_vocab_16e6.txt.gz"
-#: Registry role this module looks for (not in the registry yet: proposed to the lead).
+#: Registry role of the BPE vocabulary file.
 BPE_ROLE = "clip_bpe_vocab"
 #: Padding token per encoder index (0: CLIP ViT-L, 1: OpenCLIP ViT-bigG of SDXL).
 PAD_TOKENS = (EOS, "!")

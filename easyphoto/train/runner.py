@@ -30,6 +30,7 @@ from ..errors import EasyPhotoError, UserExists
 from ..params import TrainRequest
 from ..progress import Cancelled, Progress, ProgressFn, no_progress
 from ..store import UserRecord, UserStore, atomic_write_json, user_key
+from .env import training_python
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,6 @@ def parse_event(line: str) -> Optional[dict]:
     return event if isinstance(event, dict) else None
 
 
-def train_python() -> str:
-    """Interpreter for the training subprocess: ``$EASYPHOTO_TRAIN_PYTHON`` or this one."""
-    return os.environ.get("EASYPHOTO_TRAIN_PYTHON") or sys.executable
-
-
 class TrainingRun:
     """One training of one user id, in a subprocess. Use :meth:`run`, or start/wait/cancel."""
 
@@ -102,7 +98,7 @@ class TrainingRun:
         self.store, self.request = store, request.validate()
         self.photos = [Path(p) for p in photos]
         self.logs_dir, self.models_dir = Path(logs_dir), models_dir
-        self.progress, self.python, self.env = progress, python or train_python(), env
+        self.progress, self.python, self.env = progress, python, env
         self.run_dir: Optional[Path] = None
         self.log_path: Optional[Path] = None
         self._process: Optional[subprocess.Popen] = None
@@ -138,7 +134,8 @@ class TrainingRun:
         assert self.run_dir is not None and self.log_path is not None
         atomic_write_json(self.run_dir / "request.json", self.request.to_dict())
         atomic_write_json(self.run_dir / "photos.json", [str(p) for p in self.photos])
-        command = [self.python, "-m", "easyphoto.train", "--run-dir", str(self.run_dir)]
+        python = self.python or training_python(self.store.users_dir.parent)
+        command = [python, "-m", "easyphoto.train", "--run-dir", str(self.run_dir)]
         if self.models_dir:
             command += ["--models-dir", str(self.models_dir)]
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
