@@ -10,7 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from assets import asset  # noqa: E402
+from assets import ASSETS, asset  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefetched_photos():
+    """Fetch (or find cached) every test photo before any test runs, so tests that forbid
+    network access still have them on a fresh machine."""
+    return {name: asset(name) for name in ASSETS}
 
 
 @pytest.fixture(scope="session")

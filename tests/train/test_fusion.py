@@ -8,7 +8,6 @@ render → score → fuse chain on the tiny pipeline is in ``test_validate.py``.
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -24,14 +23,7 @@ from easyphoto.train.validate import NO_FACE, Render, encode_jpeg, score_renders
 RANK, ALPHA = 4, 2.0
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import socket
 
 import pytest
 import torch
@@ -23,24 +22,7 @@ from easyphoto.train.single_file import CONFIGS_DIR, CheckpointError, _controlne
 from easyphoto.train.tiny import build_tiny_sd15, build_tiny_sdxl, save_tiny_sd15
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No hub, no sockets: anything that tries the network fails the test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline", "one_thread")
 
 
 def _frozen(module) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import warnings
 from contextlib import contextmanager
 
@@ -30,14 +29,7 @@ from easyphoto.train.tiny import build_tiny_sd15, build_tiny_sdxl, tiny_pipeline
 RANK, ALPHA = 4, 2.0
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def add_random_lora(models, family: str, seed: int = 1) -> list[dict]:

@@ -4,7 +4,6 @@ determinism, and the latent cache's augmentation geometry."""
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -21,26 +20,10 @@ from easyphoto.train.lora import LoraTrainer, train_lora
 from easyphoto.train.lora_io import load_kohya_lora, read_kohya_metadata
 from easyphoto.train.tiny import tiny_pipeline
 
+pytestmark = pytest.mark.usefixtures("offline", "one_thread")
+
+
 RES = 64  # the tiny preset's image size: latents (4, 8, 8)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_dataset(folder, sizes=((64, 80), (96, 64), (64, 64)), seed=0):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import numpy as np
@@ -19,19 +18,10 @@ from easyphoto.train.tiny import (
     tiny_sdxl_pipeline,
 )
 
+pytestmark = pytest.mark.usefixtures("offline")
+
+
 CAPTION = "easyphoto_face, easyphoto, 1person"
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No hub, no sockets: anything that tries the network fails the test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
 
 @pytest.fixture(scope="module")

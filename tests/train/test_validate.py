@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import socket
 from types import SimpleNamespace
 
 import cv2
@@ -45,14 +44,7 @@ from easyphoto.train.validation_pipeline import ADAPTER, IN_PLACE, ValidationErr
 RANK, ALPHA, TINY_PX = 4, 2.0, 64
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture(scope="module")
