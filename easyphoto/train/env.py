@@ -3,9 +3,9 @@
 Training needs recent diffusers / transformers / peft / accelerate. The WebUI pins old ones
 (transformers 4.30.2, accelerate 0.21, safetensors 0.3/0.4 — HOST.md) and an extension must
 never upgrade them. Training already runs in a subprocess, so when the current interpreter is
-too old EasyPhoto makes ``<data>/envs/train`` — a venv with ``--system-site-packages`` (it
-reuses the host's torch, numpy, Pillow: no multi-GB download) — and installs only the training
-packages into it, where they shadow the host's copies for the training process alone. The host's
+too old EasyPhoto makes ``<data>/envs/train`` — a venv that also sees this interpreter's
+packages (it reuses the host's torch, numpy, Pillow: no multi-GB download) — and installs only
+the training packages into it, where they shadow the host's copies for the training process alone. The host's
 own environment is never modified. Standalone installs already satisfy the requirements, so
 there the current interpreter is used.
 
@@ -18,6 +18,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,24 @@ def _env_python(folder: Path) -> Path:
     return folder / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def _env_site_packages(folder: Path) -> Path:
+    if os.name == "nt":
+        return folder / "Lib" / "site-packages"
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return folder / "lib" / version / "site-packages"
+
+
+def link_parent_packages(folder: Path) -> Path:
+    """Make the venv at ``folder`` see this interpreter's site-packages, after its own."""
+    parents = [p for p in dict.fromkeys(site.getsitepackages() + [site.getusersitepackages()])
+               if Path(p).is_dir()]
+    target = _env_site_packages(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    pth = target / "easyphoto-parent-packages.pth"
+    pth.write_text("".join(f"{p}\n" for p in parents), encoding="utf-8")
+    return pth
+
+
 def ensure_train_env(folder: Path, requirements: list[str],
                      run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> Path:
     """Create (once) the venv at ``folder`` and install ``requirements`` into it.
@@ -77,8 +96,8 @@ def ensure_train_env(folder: Path, requirements: list[str],
     python = _env_python(folder)
     if not python.exists():
         log.info("creating the training environment %s (reuses this interpreter's packages)", folder)
-        _checked(run, [sys.executable, "-m", "venv", "--system-site-packages", str(folder)],
-                 "create the virtual environment")
+        _checked(run, [sys.executable, "-m", "venv", str(folder)], "create the virtual environment")
+        link_parent_packages(folder)
     if requirements:
         log.info("installing into the training environment: %s", " ".join(requirements))
         _checked(run, [str(python), "-m", "pip", "install", "--upgrade", *requirements],

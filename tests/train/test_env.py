@@ -47,7 +47,7 @@ def test_dedicated_env_made_once_for_host_pins(tmp_path, monkeypatch):
     run = FakeRun()
     python = training_python(tmp_path, versions=HOST_PINS, run=run)
     assert python == str(tmp_path / "envs" / "train" / "bin" / "python")
-    assert run.calls[0][1:4] == ["-m", "venv", "--system-site-packages"]
+    assert run.calls[0][1:3] == ["-m", "venv"]
     assert run.calls[1][1:5] == ["-m", "pip", "install", "--upgrade"]
     assert "transformers>=4.44" in run.calls[1]
     assert training_python(tmp_path, versions=HOST_PINS, run=run) == python
@@ -64,9 +64,14 @@ def test_override_wins(tmp_path, monkeypatch):
     assert training_python(tmp_path, versions=HOST_PINS, run=FakeRun()) == "/opt/py/bin/python"
 
 
-def test_real_venv_sees_this_interpreters_packages(tmp_path):
-    """A real --system-site-packages venv: the host's packages stay importable inside it."""
+def test_real_venv_sees_this_interpreters_packages_after_its_own(tmp_path):
+    """A real venv made from this (possibly virtual) interpreter: the host's packages (numpy,
+    torch) stay importable, and the venv's own site-packages come first so its installs win."""
     python = ensure_train_env(tmp_path / "env", [])
-    out = subprocess.run([str(python), "-c", "import numpy, sys; print(sys.prefix)"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == str(tmp_path / "env")
+    script = ("import numpy, sys, site; own = site.getsitepackages()[0]; "
+              "host = [p for p in sys.path if p.endswith('site-packages') and p != own]; "
+              "print(sys.prefix); print(sys.path.index(own) < sys.path.index(host[0])); "
+              "print(numpy.__file__.startswith(tuple(host)))")
+    out = subprocess.run([str(python), "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [str(tmp_path / "env"), "True", "True"]
