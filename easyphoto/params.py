@@ -233,6 +233,9 @@ class TrainRequest(_Request):
 
     def _validate_more(self) -> None:
         _check_user_id(self.user_id, allow_none=False)
+        if self.enable_rl:
+            raise InvalidRequest("DDPO reinforcement (enable_rl) is not available in this version "
+                                 "yet; train without it")
 
     def resolved(self) -> "TrainRequest":
         """A copy with family defaults filled in for every ``None`` field."""

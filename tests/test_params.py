@@ -131,3 +131,8 @@ def test_tiny_random_preset_defaults():
     tiny = TrainRequest(user_id="a", base_model="tiny-random").resolved()
     assert (tiny.resolution, tiny.rank, tiny.network_alpha) == (64, 4, 2)
     assert TrainRequest(user_id="a", base_model="tiny-random", rank=8).resolved().rank == 8
+
+
+def test_unavailable_rl_is_refused_not_ignored():
+    with pytest.raises(InvalidRequest, match="DDPO reinforcement .* not available"):
+        TrainRequest(user_id="a", enable_rl=True).validate()
