@@ -37,13 +37,13 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import app, doctor, models, photos, train
+    from . import app, doctor, infer, models, photos, train
 
     parser = argparse.ArgumentParser(prog="easyphoto", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"easyphoto {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = common_parser()
-    for module in (app, train, photos, models, doctor):
+    for module in (app, train, infer, photos, models, doctor):
         module.register(subparsers, common)
     return parser
 
