@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidRequest
+from ..train.loading import frozen_module
 from .base import CONTROL_KINDS, LoraRef
 from .samplers import SamplerBank
 
@@ -57,15 +58,6 @@ def check_kind(family: str, kind: str) -> str:
         raise InvalidRequest(f"there is no {kind} ControlNet for {family}; {family} supports "
                              f"{', '.join(roles)}.")
     return roles[kind]
-
-
-def _resident(module, device: torch.device, dtype: torch.dtype):
-    """``module`` frozen, in eval mode, on ``device`` in ``dtype``."""
-    module.requires_grad_(False)
-    module = module.to(device)
-    if next(module.parameters()).dtype != dtype:
-        module = module.to(dtype=dtype)
-    return module.eval()
 
 
 @dataclass(frozen=True)
@@ -299,7 +291,7 @@ class ResidentModels:
             store=None if source.strip() == TINY else self.store(), seed=self.seed)
         vae_dtype = loading._vae_dtype(parts.vae, family, self.dtype, self.target)
         return ModelSet(
-            family=family, unet=parts.unet, vae=_resident(parts.vae, self.device, vae_dtype),
+            family=family, unet=parts.unet, vae=frozen_module(parts.vae, self.device, vae_dtype),
             text_encoders=list(parts.text_encoders), tokenizers=list(parts.tokenizers),
             dtype=self.dtype, base_id=parts.base_id,
             samplers=SamplerBank(parts.noise_scheduler.config),
@@ -312,7 +304,7 @@ class ResidentModels:
             if kind not in models.controlnets:
                 started = time.monotonic()
                 net = self._load_controlnet(family, kind)
-                models.controlnets[kind] = _resident(net, self.device, self.dtype)
+                models.controlnets[kind] = frozen_module(net, self.device, self.dtype)
                 logger.info("%s ControlNet %s loaded in %.2f s", family, kind,
                             time.monotonic() - started)
         return [models.controlnets[kind] for kind in kinds]

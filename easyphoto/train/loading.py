@@ -197,7 +197,7 @@ def _vae_dtype(vae, family: str, dtype: torch.dtype, device: torch.device) -> to
     return dtype
 
 
-def _frozen(module, device: torch.device, dtype: torch.dtype):
+def frozen_module(module, device: torch.device, dtype: torch.dtype):
     """Freeze ``module`` and move it (dtype only when it differs: diffusers warns on casts)."""
     module.requires_grad_(False)
     module = module.to(device)
@@ -239,12 +239,12 @@ def load_components(base_model: str, sdxl: bool, models_dir=None, device=None, d
     vae_dtype = _vae_dtype(parts["vae"], family, dtype, device)
     canny = parts["canny"]
     components = TrainComponents(
-        family=family, unet=_frozen(parts["unet"], device, dtype),
-        vae=_frozen(parts["vae"], device, vae_dtype),
-        text_encoders=[_frozen(te, device, dtype) for te in parts["text_encoders"]],
+        family=family, unet=frozen_module(parts["unet"], device, dtype),
+        vae=frozen_module(parts["vae"], device, vae_dtype),
+        text_encoders=[frozen_module(te, device, dtype) for te in parts["text_encoders"]],
         tokenizers=list(parts["tokenizers"]), noise_scheduler=parts["scheduler"], device=device,
         dtype=dtype, base_id=parts["base_id"],
-        canny_controlnet=_frozen(canny, device, dtype) if canny is not None else None)
+        canny_controlnet=frozen_module(canny, device, dtype) if canny is not None else None)
     if base_model.strip() == TINY:
         components.notes.append("tiny-random preset: random weights, produces noise")
     logger.info("loaded %s %s on %s (%s, VAE %s) in %.1f s", FAMILY_NAMES[family],

@@ -15,16 +15,6 @@ from infer_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """The tiny models run fastest single-threaded (and do not stall a busy 2-core machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def backend():

@@ -221,3 +221,16 @@ def crops_mask(shape, faces, ratio: float = 3.0) -> np.ndarray:
 def two_faces(rgb) -> np.ndarray:
     """A crop of insightface's t1.jpg holding exactly two faces (left: a woman, right: a man)."""
     return np.ascontiguousarray(rgb("t1.jpg")[60:480, 0:450])
+
+
+def working_crop(backend, image, index=0):
+    """SPEC 2.3: ``box×3`` around face ``index``, short side 512, sides floored to 32, faces
+    re-detected. Returns ``(crop, faces)``."""
+    face = backend.detect(image)[index]
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = face.box.scaled(3.0, clip=(width, height)).to_int()
+    region = image[y0:y1, x0:x1]
+    scale = 512.0 / min(region.shape[:2])
+    size = (int(region.shape[1] * scale) // 32 * 32, int(region.shape[0] * scale) // 32 * 32)
+    crop = cv2.resize(region, size, interpolation=cv2.INTER_LANCZOS4)
+    return crop, backend.detect(crop)

@@ -9,10 +9,22 @@ import pytest
 from easyphoto.errors import InvalidRequest
 from easyphoto.face.lite import LiteBackend
 from easyphoto.infer import controls
-from easyphoto.infer.controls import (L_EYE, L_SHOULDER, NECK, NOSE, R_EYE, R_SHOULDER,
-                                      canny, color_layout, keypoint_colour, openpose, tile)
+from easyphoto.infer.controls import (
+    L_EYE,
+    L_SHOULDER,
+    NECK,
+    NOSE,
+    R_EYE,
+    R_SHOULDER,
+    canny,
+    color_layout,
+    keypoint_colour,
+    openpose,
+    tile,
+)
 
 WHITE = (255, 255, 255)
+from infer_helpers import working_crop
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +34,6 @@ def backend():
     lite.unload()
 
 
-def working_crop(backend, image, index=0):
-    """SPEC 2.3: ``box×3`` around face ``index``, short side 512, sides floored to 32, faces
-    re-detected. Returns ``(crop, faces)``."""
-    face = backend.detect(image)[index]
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = face.box.scaled(3.0, clip=(width, height)).to_int()
-    region = image[y0:y1, x0:x1]
-    scale = 512.0 / min(region.shape[:2])
-    size = (int(region.shape[1] * scale) // 32 * 32, int(region.shape[0] * scale) // 32 * 32)
-    crop = cv2.resize(region, size, interpolation=cv2.INTER_LANCZOS4)
-    return crop, backend.detect(crop)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,24 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from infer_helpers import working_crop
 
 from easyphoto.errors import InvalidRequest
 from easyphoto.face.lite import LiteBackend
 from easyphoto.infer import masks
 from easyphoto.infer.colour_shift import colour_shift
-from easyphoto.infer.masks import (FIRST_PARTS, FUSION_AFTER, FUSION_BEFORE, SHIFT_FIRST,
-                                   SHIFT_LAST, blend, first_diffusion_mask, fusion_blend_mask,
-                                   second_diffusion_mask, second_diffusion_mask_parts)
+from easyphoto.infer.masks import (
+    FIRST_PARTS,
+    FUSION_AFTER,
+    FUSION_BEFORE,
+    SHIFT_FIRST,
+    SHIFT_LAST,
+    blend,
+    first_diffusion_mask,
+    fusion_blend_mask,
+    second_diffusion_mask,
+    second_diffusion_mask_parts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,24 +33,16 @@ def backend():
     lite.unload()
 
 
-def working_crop(backend, image):
-    """SPEC 2.3: ``box×3`` around the face, short side 512, sides floored to 32; the face
-    re-detected in the crop. Returns ``(crop, face)``."""
-    face = backend.detect(image)[0]
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = face.box.scaled(3.0, clip=(width, height)).to_int()
-    region = image[y0:y1, x0:x1]
-    scale = 512.0 / min(region.shape[:2])
-    size = (int(region.shape[1] * scale) // 32 * 32, int(region.shape[0] * scale) // 32 * 32)
-    crop = cv2.resize(region, size, interpolation=cv2.INTER_LANCZOS4)
-    faces = backend.detect(crop)
+def one_face_crop(backend, image):
+    """``working_crop`` of the only face: ``(crop, face)``."""
+    crop, faces = working_crop(backend, image)
     assert len(faces) == 1
     return crop, faces[0]
 
 
 @pytest.fixture(scope="module")
 def obama(backend, rgb):
-    return working_crop(backend, rgb("obama.jpg"))
+    return one_face_crop(backend, rgb("obama.jpg"))
 
 
 def parts(backend, image, face, names):

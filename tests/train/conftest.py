@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-import torch
 
 
 @pytest.fixture
@@ -19,11 +18,3 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
 
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny models run fastest single-threaded (and do not stall on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
