@@ -110,6 +110,15 @@ def _device_backend():
     return DeviceBackend
 
 
+def _without_loras(inpaint):
+    import dataclasses
+
+    def call(image, mask, strength, generation, mask_blur=8):
+        return inpaint(image, mask, strength, dataclasses.replace(generation, loras=()), mask_blur)
+
+    return call
+
+
 def timed(engine, backend, store, template: Path, request, runs: int, per_run: int = 1) -> list[float]:
     import torch
 
@@ -173,9 +182,11 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     lora = build_models(WORK / "base")
     store = make_user(WORK / "data", lora)
-    if way == "ours":
+    if way in ("ours", "ours-nolora"):
         from easyphoto.engine.diffusers_engine import DiffusersEngine
         engine = DiffusersEngine(base_model=str(WORK / "base"), dtype="fp16")
+        if way == "ours-nolora":  # diagnostic: the same calls without any LoRA layer
+            engine.inpaint = _without_loras(engine.inpaint)
     else:
         from infer_reference import ReferenceWayEngine
         engine = ReferenceWayEngine(WORK / "base")
