@@ -35,6 +35,7 @@ import math
 import secrets
 import threading
 import time
+from types import MappingProxyType
 from typing import Optional, Sequence, Union
 
 import cv2
@@ -45,22 +46,30 @@ from PIL import Image
 from ..errors import InvalidRequest
 from ..train.loading import resolve_device, weight_dtype
 from .base import CONTROL_KINDS, ControlUnit, Generation, check_image_mask
-from .models import (FAMILIES, LORA_CACHE_LIMIT, TINY, ModelSet, ResidentModels, check_kind,
-                     decode_latents)
+from .models import (
+    FAMILIES,
+    LORA_CACHE_LIMIT,
+    TINY,
+    ModelSet,
+    ResidentModels,
+    check_kind,
+    decode_latents,
+)
 from .samplers import check_sampler, denoising_steps, schedule_length
 
 logger = logging.getLogger(__name__)
 
 #: Most ControlNet units one call may carry (MultiControlNet).
 MAX_CONTROL_UNITS = 4
-_DTYPES = {"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16",
-           "bfloat16": "bf16", "fp32": "no", "float32": "no", "no": "no"}
-_PIPELINES = {("inpaint", True): "StableDiffusionControlNetInpaintPipeline",
+_DTYPES = MappingProxyType({"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16",
+                           "bfloat16": "bf16", "fp32": "no", "float32": "no", "no": "no"})
+_PIPELINES = MappingProxyType({
+              ("inpaint", True): "StableDiffusionControlNetInpaintPipeline",
               ("inpaint", False): "StableDiffusionInpaintPipeline",
               ("sd15", True): "StableDiffusionControlNetPipeline",
               ("sd15", False): "StableDiffusionPipeline",
               ("sdxl", True): "StableDiffusionXLControlNetPipeline",
-              ("sdxl", False): "StableDiffusionXLPipeline"}
+              ("sdxl", False): "StableDiffusionXLPipeline"})
 
 
 # ---- masks and images ---------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ DEFAULT_NEGATIVE = ("nsfw, naked, glasses, eyeglasses, sunglasses, earrings, bag
                     "jpeg artifacts, deformed face, bad anatomy, watermark, text")
 
 # ---- SPEC 2.9 choice lists ("" = not specified) ---------------------------------------------
-PORTRAIT_RATIOS = {"upper-body": "upper body portrait photo", "headshot": "close-up headshot photo"}
+PORTRAIT_RATIOS = MappingProxyType({"upper-body": "upper body portrait photo",
+                                    "headshot": "close-up headshot photo"})
 GENDERS = ("woman", "man", "girl", "boy", "person")
 CLOTH_COLOURS = ("", "white", "black", "grey", "red", "blue", "navy", "green", "yellow", "pink",
                  "purple", "brown", "beige")
@@ -50,7 +52,8 @@ SEASONS = ("", "spring", "summer", "autumn", "winter")
 TIMES_OF_DAY = ("", "morning", "noon", "afternoon", "golden hour", "sunset", "night")
 WEATHERS = ("", "sunny", "cloudy", "overcast", "rainy", "snowy", "foggy")
 #: SDXL resolutions (width, height) by orientation (SPEC 2.9, e.g. 1344×768).
-TEMPLATE_SIZES = {"portrait": (768, 1344), "landscape": (1344, 768), "square": (1024, 1024)}
+TEMPLATE_SIZES = MappingProxyType({"portrait": (768, 1344), "landscape": (1344, 768),
+                                   "square": (1024, 1024)})
 #: Text → template sampling (SPEC 2.9, constants).
 TEMPLATE_STEPS, TEMPLATE_CFG, TEMPLATE_SAMPLER = 30, 7.0, "DPM++ 2M SDE Karras"
 TEMPLATE_NEGATIVE = "multiple people, cropped head, face out of frame, " + DEFAULT_NEGATIVE

@@ -24,22 +24,30 @@ import hashlib
 import logging
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Optional, Union
 
 import torch
 
 from ..errors import ModelUnavailable
 from .components import TrainComponents
-from .single_file import (FAMILY_NAMES, CheckpointError, check_family, checkpoint_family,
-                          controlnet_from_file, load_single_file, read_safetensors_header,
-                          refuse_pickle)
+from .single_file import (
+    FAMILY_NAMES,
+    CheckpointError,
+    check_family,
+    checkpoint_family,
+    controlnet_from_file,
+    load_single_file,
+    read_safetensors_header,
+    refuse_pickle,
+)
 
 logger = logging.getLogger(__name__)
 
 TINY = "tiny-random"
-DEFAULT_ROLES = {"sd15": "sd15_base", "sdxl": "sdxl_base"}
-CANNY_ROLES = {"sd15": "controlnet_sd15_canny", "sdxl": "controlnet_sdxl_canny"}
-VAE_ROLES = {"sd15": "vae_sd15", "sdxl": "vae_sdxl"}
+DEFAULT_ROLES = MappingProxyType({"sd15": "sd15_base", "sdxl": "sdxl_base"})
+CANNY_ROLES = MappingProxyType({"sd15": "controlnet_sd15_canny", "sdxl": "controlnet_sdxl_canny"})
+VAE_ROLES = MappingProxyType({"sd15": "vae_sd15", "sdxl": "vae_sdxl"})
 #: Subfolders whose files identify a diffusers folder's weights (hashed for ``base_id``).
 HASHED_SUBFOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")
 _CHUNK = 8 << 20
@@ -135,7 +143,12 @@ def _folder_family(folder: Path) -> str:
 
 def _load_folder(folder: Path, family: str, dtype: torch.dtype, with_canny: bool, store) -> dict:
     """A diffusers folder, files only. Its canny ControlNet: ``controlnet-canny/`` or registry."""
-    from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDPMScheduler,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     check_family(folder, _folder_family(folder), family == "sdxl")

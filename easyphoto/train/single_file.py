@@ -17,6 +17,7 @@ import logging
 import re
 import struct
 from pathlib import Path
+from types import MappingProxyType
 from typing import Optional
 
 import torch
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 #: Shipped diffusers-style configs: ``<CONFIGS_DIR>/<family>/<component>/config.json``.
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "models" / "configs"
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"})
-FAMILY_NAMES = {"sd15": "SD1.5", "sdxl": "SDXL"}
+FAMILY_NAMES = MappingProxyType({"sd15": "SD1.5", "sdxl": "SDXL"})
 #: A safetensors header larger than this (bytes) is treated as corrupt.
 MAX_HEADER_BYTES = 100_000_000
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
