@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 DATA = ROOT / ".bench" / "infer"
 WORK = Path("/tmp/easyphoto-infer-bench")
+#: torch.compile mode of the "ours-compiled" experiment ("reduce-overhead" = CUDA graphs:
+#: fails with diffusers ControlNet residuals overwritten between graph replays).
+COMPILE_MODE = "default"
 
 
 def prepare() -> None:
@@ -110,6 +113,21 @@ def _device_backend():
     return DeviceBackend
 
 
+def _compile(engine, backend, store, one, two) -> float:
+    """torch.compile(mode=COMPILE_MODE) of the UNet and ControlNets, then warm every shape."""
+    import torch
+
+    models = engine.models.get("sd15")
+    start = time.perf_counter()
+    models.unet = torch.compile(models.unet, mode=COMPILE_MODE)
+    for kind in list(models.controlnets):
+        models.controlnets[kind] = torch.compile(models.controlnets[kind], mode=COMPILE_MODE)
+    for _ in range(2):
+        timed(engine, backend, store, DATA / "single.jpg", one, 1)
+        timed(engine, backend, store, DATA / "two.jpg", two, 1)
+    return round(time.perf_counter() - start, 1)
+
+
 def _without_loras(inpaint):
     import dataclasses
 
@@ -132,7 +150,7 @@ def timed(engine, backend, store, template: Path, request, runs: int, per_run: i
                            store=store)
         torch.cuda.synchronize()
         if result.errors:
-            raise RuntimeError(result.errors[0].message)
+            raise RuntimeError(str(result.errors[0].to_dict()))
         times.append(time.perf_counter() - start)
     return times
 
@@ -182,7 +200,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     lora = build_models(WORK / "base")
     store = make_user(WORK / "data", lora)
-    if way in ("ours", "ours-nolora"):
+    if way in ("ours", "ours-nolora", "ours-compiled"):
         from easyphoto.engine.diffusers_engine import DiffusersEngine
         engine = DiffusersEngine(base_model=str(WORK / "base"), dtype="fp16")
         if way == "ours-nolora":  # diagnostic: the same calls without any LoRA layer
@@ -197,6 +215,10 @@ def main() -> None:
     timed(engine, backend, store, DATA / "single.jpg", one, 1)  # warm-up
     if len(sys.argv) > 2 and sys.argv[2] == "profile":
         return profile(engine, backend, store, one)
+    compile_s = None
+    if way == "ours-compiled":  # experiment: CUDA graphs through torch.compile, warm shapes first
+        compile_s = _compile(engine, backend, store, one, two)
+        torch.cuda.reset_peak_memory_stats()
     single = timed(engine, backend, store, DATA / "single.jpg", one, 5)
     double = timed(engine, backend, store, DATA / "two.jpg", two, 3)
     batch = timed(engine, backend, store, DATA / "single.jpg", one, 1, per_run=8)
@@ -206,6 +228,7 @@ def main() -> None:
         "single_s_all": [round(t, 3) for t in single], "two_person_s_median": sorted(double)[1],
         "batch8_portraits_per_s": round(8 / sum(batch), 3),
         "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "compile_and_warm_s": compile_s,
         "engine_timings_last": getattr(engine, "timings", {})}, default=str))
 
 
