@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from lora_helpers import add_random_lora
+
 from easyphoto.engine.base import Generation, check_image_mask
 from easyphoto.face.geometry import box_mask
 from easyphoto.params import InferRequest
@@ -29,23 +31,12 @@ RANK, ALPHA = 4, 2.0
 
 def random_lora_states(seed: int = 1) -> tuple[dict, dict]:
     """peft LoRA states (UNet, text encoder) for the tiny-random SD1.5 model, random A and B."""
-    import torch
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    from easyphoto.train.lora_io import lora_target_modules
     from easyphoto.train.tiny import build_tiny_sd15
 
-    parts, targets = build_tiny_sd15(0), lora_target_modules("sd15")
-    generator = torch.Generator().manual_seed(seed)
-    states = []
-    for model, names in ((parts.unet, targets.unet), (parts.text_encoder, targets.text_encoder)):
-        model.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(names)))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.05 * torch.randn(param.shape, generator=generator))
-        states.append({k: v.clone() for k, v in get_peft_model_state_dict(model).items()})
-    return states[0], states[1]
+    parts = build_tiny_sd15(0)
+    unet, te = add_random_lora([parts.unet, parts.text_encoder], "sd15", seed=seed, scale=0.05,
+                               rank=RANK, alpha=ALPHA)
+    return unet, te
 
 
 def face_crop(image: np.ndarray, backend: Any, ratio: float = 2.0) -> np.ndarray:

@@ -29,25 +29,9 @@ from easyphoto.train.tiny import build_tiny_sd15, build_tiny_sdxl, tiny_pipeline
 RANK, ALPHA = 4, 2.0
 
 
+from lora_helpers import add_random_lora  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("offline")
-
-
-def add_random_lora(models, family: str, seed: int = 1) -> list[dict]:
-    """Wrap ``models`` (UNet first, then text encoders) with peft LoRA, randomise A and B."""
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    targets = lora_target_modules(family)
-    generator = torch.Generator().manual_seed(seed)
-    states = []
-    for index, model in enumerate(models):
-        names = targets.unet if index == 0 else targets.text_encoder
-        model.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(names)))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-        states.append({k: v.clone() for k, v in get_peft_model_state_dict(model).items()})
-    return states
 
 
 @pytest.fixture(scope="module")

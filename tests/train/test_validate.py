@@ -44,6 +44,8 @@ from easyphoto.train.validation_pipeline import ADAPTER, IN_PLACE, ValidationErr
 RANK, ALPHA, TINY_PX = 4, 2.0, 64
 
 
+from lora_helpers import add_random_lora  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("offline")
 
 
@@ -70,18 +72,7 @@ def tiny():
 
 def add_lora(models, seed: int) -> list:
     """Training-style peft adapters on [unet, text_encoder] with random A/B; their states."""
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    targets, states = lora_target_modules("sd15"), []
-    generator = torch.Generator().manual_seed(seed)
-    for model, names in zip(models, (targets.unet, targets.text_encoder)):
-        model.add_adapter(LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(names)))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-        states.append({k: v.clone() for k, v in get_peft_model_state_dict(model).items()})
-    return states
+    return add_random_lora(models, "sd15", seed=seed, rank=RANK, alpha=ALPHA)
 
 
 @pytest.fixture(scope="module")
