@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -35,11 +36,25 @@ def _progress_reporter(fail_at: int):
     return report
 
 
+def _exit_when_parent_dies() -> None:
+    """Read stdin to its end (the parent never writes); EOF means the parent is gone."""
+    def watch() -> None:
+        while sys.stdin.read(4096):
+            pass
+        os._exit(4)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m easyphoto.train")
     parser.add_argument("--run-dir", required=True, type=Path)
     parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--watch-parent", action="store_true",
+                        help="exit when stdin closes (the parent process died)")
     args = parser.parse_args(argv)
+    if args.watch_parent:
+        _exit_when_parent_dies()
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cancel = CancelToken()

@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Optional, Sequence
+from typing import IO, Callable, Optional, Sequence
 
 from ..errors import EasyPhotoError, UserExists
 from ..params import TrainRequest
@@ -94,8 +94,9 @@ class TrainingRun:
     def __init__(self, store: UserStore, request: TrainRequest, photos: Sequence[Path],
                  logs_dir: Path, progress: ProgressFn = no_progress,
                  models_dir: Optional[Path] = None, python: Optional[str] = None,
-                 env: Optional[dict] = None):
+                 env: Optional[dict] = None, on_line: Optional[Callable[[str], None]] = None):
         self.store, self.request = store, request.validate()
+        self.on_line = on_line
         self.photos = [Path(p) for p in photos]
         self.logs_dir, self.models_dir = Path(logs_dir), models_dir
         self.progress, self.python, self.env = progress, python, env
@@ -104,6 +105,11 @@ class TrainingRun:
         self._process: Optional[subprocess.Popen] = None
         self._cancelled = threading.Event()
         self._lock_cm = None
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The training child's pid (also its process group id) once started."""
+        return self._process.pid if self._process is not None else None
 
     def run(self) -> TrainingResult:
         """Start, wait, and return the result (raises TrainingFailed / Cancelled)."""
@@ -135,7 +141,7 @@ class TrainingRun:
         atomic_write_json(self.run_dir / "request.json", self.request.to_dict())
         atomic_write_json(self.run_dir / "photos.json", [str(p) for p in self.photos])
         python = self.python or training_python(self.store.users_dir.parent)
-        command = [python, "-m", "easyphoto.train", "--run-dir", str(self.run_dir)]
+        command = [python, "-m", "easyphoto.train", "--run-dir", str(self.run_dir), "--watch-parent"]
         if self.models_dir:
             command += ["--models-dir", str(self.models_dir)]
         env = {**os.environ, **(self.env or {}), "PYTHONUNBUFFERED": "1"}
@@ -143,7 +149,8 @@ class TrainingRun:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         log.info("training %s: %s", self.request.user_id, " ".join(command))
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, env=env,
             start_new_session=True, bufsize=1)
 
     def wait(self) -> TrainingResult:
@@ -157,6 +164,8 @@ class TrainingRun:
                 if event is None:
                     log_file.write(line)
                     tail.append(line.rstrip("\n"))
+                    if self.on_line is not None:
+                        self.on_line(line)
                 elif event["event"] == "progress":
                     self.progress(Progress(**{k: v for k, v in event.items() if k != "event"}))
                 elif event["event"] == "result":
@@ -164,6 +173,8 @@ class TrainingRun:
                 elif event["event"] == "error":
                     error = event
         code = self._process.wait()
+        if self._process.stdin is not None:
+            self._process.stdin.close()
         if code == 0 and result is not None and not self._cancelled.is_set():
             return self._finish_ok(result)
         self._raise_failure(code, error, "\n".join(tail))
