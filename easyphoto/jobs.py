@@ -95,9 +95,13 @@ class JobView:
     def finished_ok(self) -> bool:
         return self.status == DONE
 
+    @property
+    def percent(self) -> float:
+        return round(100.0 * self.fraction, 1)
+
     def to_dict(self) -> dict:
         data = {name: getattr(self, name) for name in _COLUMNS if name not in ("workdir", "pid")}
-        data["percent"] = round(100.0 * self.fraction, 1)
+        data["percent"] = self.percent
         return data
 
 
