@@ -132,6 +132,18 @@ def _load_templates(paths: Sequence[Path], backend: FaceBackend, source: str, li
     return templates
 
 
+def _template_files(folder: Path) -> list[Path]:
+    """The folder's images (sorted by name), then the public-domain images its
+    ``manifest.json`` names inside installed packages (see :mod:`easyphoto.gallery`)."""
+    from ..gallery import Gallery
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in
+                   IMAGE_SUFFIXES)
+    packaged = [item.path for item in Gallery(folder / ".none", folder).items()
+                if item.origin == "packaged"]
+    return files + [p for p in packaged if p not in files]
+
+
 def validation_templates(templates_dir: Union[str, Path, None], fallback_photos: Sequence,
                          backend: Optional[FaceBackend] = None, limit: int = 4) -> TemplateSet:
     """SPEC 1.4 templates: the images of ``templates_dir`` (sorted by name) that show a face.
@@ -148,8 +160,7 @@ def validation_templates(templates_dir: Union[str, Path, None], fallback_photos:
 
         backend = get_face_backend("auto")
     folder = Path(templates_dir) if templates_dir else None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in
-                   IMAGE_SUFFIXES) if folder and folder.is_dir() else []
+    files = _template_files(folder) if folder and folder.is_dir() else []
     skipped: list = []
     templates = _load_templates(files, backend, SOURCE_TEMPLATES, limit, skipped)
     if templates:

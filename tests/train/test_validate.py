@@ -365,3 +365,16 @@ def test_square_crops_batch_templates_of_any_aspect():
     sizes = {prepare_input(image, face, 64).image.shape for image, face in
              ((tall, Box(150, 100, 250, 220)), (wide, Box(10, 20, 90, 110)))}
     assert sizes == {(64, 64, 3)}
+
+
+def test_shipped_validation_templates_are_public_domain_portraits_with_faces():
+    """The repository commits no photo: the manifest's packaged portraits are found in the
+    installed packages and each shows one detectable face."""
+    from easyphoto.train.pipeline import TEMPLATES_DIR
+
+    result = validate.validation_templates(TEMPLATES_DIR, [], backend=get_face_backend("lite"))
+    assert result.source == validate.SOURCE_TEMPLATES
+    files = sorted(t.path.name for t in result.templates)
+    assert "grace_hopper.jpg" in files
+    assert all(t.face.box.area > 80 * 80 for t in result.templates)
+    assert not [p for p in TEMPLATES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".png")]
