@@ -1,5 +1,10 @@
 """The application service: what the UI and the HTTP API call (one object per process).
 
+Hooks for the WebUI host (all optional): ``engine_factory(base_model)`` → the WebUI engine;
+``gpu_lock`` → the host's queue lock; ``on_lora_ready(record)`` → put a finished LoRA into the
+host's Lora folder; ``training_guard()`` → a context manager that frees the host model's VRAM
+for the duration of a training and restores it after.
+
 It owns the user store, the job runner, the template gallery and — lazily, in the job worker —
 the diffusion engine and the face backends, so both front-ends share models and one GPU queue.
 Every method takes typed requests (``TrainRequest``, ``InferRequest``) and plain files; request
@@ -12,6 +17,7 @@ puts finished LoRAs into the host's Lora folder; standalone the defaults are use
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -54,7 +60,8 @@ class Service:
 
     def __init__(self, config: ServiceConfig, *, engine_factory: Optional[Callable] = None,
                  gpu_lock: Optional[ContextManager] = None,
-                 on_lora_ready: Optional[Callable[[UserRecord], None]] = None):
+                 on_lora_ready: Optional[Callable[[UserRecord], None]] = None,
+                 training_guard: Optional[Callable[[], ContextManager]] = None):
         from .paths import models_root
 
         self.config = replace(config, data_dir=Path(config.data_dir),
@@ -63,6 +70,7 @@ class Service:
         self.gallery = Gallery(self.config.data_dir / "templates")
         self.engine_factory = engine_factory or self._diffusers_engine
         self.on_lora_ready = on_lora_ready
+        self.training_guard = training_guard or contextlib.nullcontext
         self._models_lock = threading.Lock()
         self._engine: Optional[tuple[str, Any]] = None
         self._backends: dict[str, Any] = {}
@@ -162,9 +170,13 @@ class Service:
         return staged
 
     def _train(self, ctx: JobContext, request: TrainRequest, photos: list[Path]) -> dict:
+        self.unload_engine()  # give training the GPU memory inference held
+        with self.training_guard():  # inside the WebUI: the host's model leaves the GPU
+            return self._run_training(ctx, request, photos)
+
+    def _run_training(self, ctx: JobContext, request: TrainRequest, photos: list[Path]) -> dict:
         from .train.runner import TrainingRun
 
-        self.unload_engine()  # give training the GPU memory inference held
         run = TrainingRun(self.store, request, photos, self.config.data_dir / "logs",
                           progress=ctx.progress, models_dir=self.config.models_dir,
                           python=self.config.train_python, env=self.config.train_env,
