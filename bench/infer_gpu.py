@@ -2,11 +2,20 @@
 
 Full-size SD1.5 + 4 ControlNets (canny, openpose, colour, tile) with random weights written as a
 diffusers folder on the device, a random rank-128 user LoRA, EasyPhoto defaults, 512 crop, warm
-(one untimed portrait first). The face stages (lite backend) run on the CPU as in production.
+(one untimed single and one untimed two-person portrait first: model loads, CUDA-graph captures;
+their times are reported). The face stages (lite backend) run on the CPU as in production.
 
     python bench/infer_gpu.py prepare     # here: .bench/infer/ with 3 small photos (git-ignored)
-    python bench/infer_gpu.py ours        # on the GPU
+    python bench/infer_gpu.py all OUT.json  # on the GPU: ours, ours-before, reference → one JSON
+    python bench/infer_gpu.py ours        # on the GPU: the engine's defaults (+ checks, variants)
+    python bench/infer_gpu.py ours-before # every speed-up off (pipeline __call__, peft adapters)
+    python bench/infer_gpu.py ours:cuda_graphs=0,channels_last=1  # other Speedups
     python bench/infer_gpu.py reference   # on the GPU: stock-diffusers call sequence
+
+Each way prints ``BENCH {json}``: GPU name, single / two-person medians, batch-of-8 rate, peak
+VRAM, and per inpaint call of one profiled portrait its wall time and median step time (each
+scheduler step synchronised). "ours" adds ``checks`` (the profiled calls re-run with CUDA graphs
+off and with every speed-up off: |Δ| of the uint8 outputs) and ``variants`` (other settings).
 
 "reference": fp16 pipelines loaded separately for each stage's ControlNet set (own copies of
 the base weights, as separate pipeline objects per stage), the user LoRA loaded + merged before
@@ -46,8 +55,12 @@ def prepare() -> None:
 
 
 def build_models(folder: Path):
-    """Random full-size SD1.5 + ControlNets saved as a diffusers folder; returns the LoRA path."""
+    """Random full-size SD1.5 + ControlNets saved as a diffusers folder (once per machine:
+    kept for the next process); returns the LoRA path."""
     import torch
+
+    if (WORK / "lora.safetensors").is_file() and (folder / "controlnet-tile").is_dir():
+        return WORK / "lora.safetensors"
     from diffusers import ControlNetModel, StableDiffusionPipeline
 
     from random_models import random_components
@@ -155,81 +168,222 @@ def timed(engine, backend, store, template: Path, request, runs: int, per_run: i
     return times
 
 
-def profile(engine, backend, store, request) -> None:
-    """One warm portrait with the wall time of every stage and of every engine call."""
+class StepTimer:
+    """Wall time of every denoising step (synchronised at each scheduler step), per engine
+    call: ``calls`` holds, per inpaint call, its controls, steps, wall time and step times."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.calls, self.args = engine, [], []
+
+    def __enter__(self) -> "StepTimer":
+        import torch
+        from diffusers import DPMSolverMultistepScheduler
+
+        self._step, self._inpaint = DPMSolverMultistepScheduler.step, self.engine.inpaint
+        original, calls = self._step, self.calls
+
+        def step(scheduler, *args, **kwargs):
+            torch.cuda.synchronize()
+            calls[-1]["stamps"].append(time.perf_counter())
+            return original(scheduler, *args, **kwargs)
+
+        def inpaint(*args, **kwargs):
+            self.args.append((args, kwargs))
+            calls.append({"controls": [u.kind for u in args[3].controls], "stamps": []})
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = self._inpaint(*args, **kwargs)
+            torch.cuda.synchronize()
+            calls[-1]["wall_s"] = round(time.perf_counter() - start, 4)
+            return out
+
+        DPMSolverMultistepScheduler.step = step
+        self.engine.inpaint = inpaint
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from diffusers import DPMSolverMultistepScheduler
+
+        DPMSolverMultistepScheduler.step = self._step
+        self.engine.inpaint = self._inpaint
+
+    def summary(self) -> list[dict]:
+        rows = []
+        for call in self.calls:
+            stamps = call.pop("stamps")
+            gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+            call.update(steps=len(stamps), step_ms_median=round(
+                1000 * gaps[len(gaps) // 2], 2) if gaps else None)
+            rows.append(call)
+        return rows
+
+
+def profile_steps(engine, backend, store, request) -> tuple[list, list]:
+    """One warm single portrait with per-step times; returns them and the inpaint calls'
+    arguments (for the output checks)."""
+    with StepTimer(engine) as timer:
+        timed(engine, backend, store, DATA / "single.jpg", request, 1)
+    return timer.summary(), timer.args
+
+
+def set_speedups(engine, speedups) -> None:
+    """Switch ``engine``'s speed-ups between calls (LoRA fusing, graphs' stream mode)."""
+    from easyphoto.engine.step_graphs import StepGraphs
+
+    if speedups.parallel_controlnets != engine.speedups.parallel_controlnets:
+        engine.graphs = StepGraphs(parallel=speedups.parallel_controlnets)
+    engine.speedups = speedups
+    engine.models.get("sd15").loras.fuse = speedups.fuse_loras
+
+
+def check_outputs(engine, calls) -> dict:
+    """Each profiled inpaint call re-run with graphs off and with every speed-up off: max and
+    mean |difference| of the uint8 outputs against the fast path's."""
+    import dataclasses
+
+    import numpy as np
+
+    from easyphoto.engine.denoise import Speedups
+
+    fast = engine.speedups
+    ways = {"fast": fast, "eager": dataclasses.replace(fast, cuda_graphs=False),
+            "off": Speedups.off()}
+    outputs = {}
+    for name, speedups in ways.items():
+        set_speedups(engine, speedups)
+        outputs[name] = [engine.inpaint(*args, **kwargs).astype(np.int16)
+                         for args, kwargs in calls]
+    set_speedups(engine, fast)
+    return {f"fast_vs_{name}": [{"max": int(np.abs(a - b).max()),
+                                 "mean": round(float(np.abs(a - b).mean()), 4)}
+                                for a, b in zip(outputs["fast"], outputs[name])]
+            for name in ("eager", "off")}
+
+
+def variants(engine, backend, store, request) -> dict:
+    """Single-portrait time and per-step times under other speed-up settings (same process;
+    channels-last last: it re-lays the weights out)."""
+    import dataclasses
+
+    base, rows = engine.speedups, {}
+    for name, changes in (("eager", {"cuda_graphs": False}), ("parallel",
+                          {"parallel_controlnets": True}), ("graphs", {}),
+                          ("channels_last", {"channels_last": True}),
+                          ("channels_last+parallel", {"channels_last": True,
+                                                      "parallel_controlnets": True})):
+        set_speedups(engine, dataclasses.replace(base, **changes))
+        timed(engine, backend, store, DATA / "single.jpg", request, 1)  # captures
+        single = sorted(timed(engine, backend, store, DATA / "single.jpg", request, 3))[1]
+        steps, _ = profile_steps(engine, backend, store, request)
+        rows[name] = {"single_s_median": round(single, 4), "graphed":
+                      engine.last_call.get("graphed"),
+                      "step_ms": [c["step_ms_median"] for c in steps]}
+        print(f"VARIANT {name} {rows[name]}", flush=True)
+    return rows
+
+
+def speedups_of(way: str):
+    """``ours`` (defaults), ``ours-before`` (all off) or ``ours:key=0,key=1``."""
+    from easyphoto.engine.denoise import Speedups
+
+    if way == "ours-before":
+        return Speedups.off()
+    changes = dict(item.split("=") for item in way.partition(":")[2].split(",") if item)
+    return Speedups(**{key: value == "1" for key, value in changes.items()})
+
+
+def make_engine(way: str):
+    if way.startswith("ours"):
+        from easyphoto.engine.diffusers_engine import DiffusersEngine
+        engine = DiffusersEngine(base_model=str(WORK / "base"), dtype="fp16",
+                                 speedups=speedups_of(way.replace("-nolora", "")
+                                                      .replace("-compiled", "")))
+        if way == "ours-nolora":  # diagnostic: the same calls without any LoRA layer
+            engine.inpaint = _without_loras(engine.inpaint)
+        return engine
+    from infer_reference import ReferenceWayEngine
+    return ReferenceWayEngine(WORK / "base")
+
+
+def measure(way: str, extra: bool) -> dict:
+    import dataclasses
+
     import torch
 
-    from easyphoto.infer.batch import run_batch
+    from easyphoto.params import InferRequest
 
-    marks, original = [], engine.inpaint
+    lora = build_models(WORK / "base")
+    store = make_user(WORK / "data", lora)
+    engine, backend = make_engine(way), _device_backend()()
+    one = InferRequest(user_ids=["bench"], base_model=str(WORK / "base"), seed=1)
+    two = InferRequest(user_ids=["bench", "bench"], base_model=str(WORK / "base"), seed=1)
+    torch.cuda.reset_peak_memory_stats()
+    first = timed(engine, backend, store, DATA / "single.jpg", one, 1)  # warm-up
+    compile_s = None
+    if way == "ours-compiled":  # experiment: CUDA graphs through torch.compile, warm shapes first
+        compile_s = _compile(engine, backend, store, one, two)
+        torch.cuda.reset_peak_memory_stats()
+    first += timed(engine, backend, store, DATA / "two.jpg", two, 1)  # warm-up (its shapes)
+    single = timed(engine, backend, store, DATA / "single.jpg", one, 5)
+    double = timed(engine, backend, store, DATA / "two.jpg", two, 3)
+    batch = timed(engine, backend, store, DATA / "single.jpg", one, 1, per_run=8)
+    peak = torch.cuda.max_memory_allocated()
+    steps, calls = profile_steps(engine, backend, store, one)
+    row = {"way": way, "gpu": torch.cuda.get_device_properties(0).name,
+           "torch": torch.__version__, "single_s_median": round(sorted(single)[2], 4),
+           "single_s_all": [round(t, 3) for t in single],
+           "two_person_s_median": round(sorted(double)[1], 4),
+           "batch8_portraits_per_s": round(8 / sum(batch), 3),
+           "peak_vram_gib": round(peak / 2**30, 2), "compile_and_warm_s": compile_s,
+           "first_single_and_two_person_s": [round(t, 3) for t in first],
+           "profile_calls": steps, "engine_timings_last": getattr(engine, "timings", {}),
+           "speedups": dataclasses.asdict(engine.speedups) if hasattr(engine, "speedups")
+           else None}
+    if extra and hasattr(engine, "speedups"):
+        print("BENCH " + json.dumps(row, default=str), flush=True)
+        row["checks"] = check_outputs(engine, calls)
+        row["variants"] = variants(engine, backend, store, one)
+    return row
 
-    def spy(*args, **kwargs):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = original(*args, **kwargs)
-        torch.cuda.synchronize()
-        marks.append(("inpaint", round(time.perf_counter() - start, 3),
-                      [u.kind for u in args[3].controls], args[3].steps, args[2]))
-        return out
 
-    engine.inpaint = spy
-    last = [time.perf_counter()]
+def run_all(out: Path, ways=("ours", "ours-before", "reference")) -> None:
+    """Every way in its own process (own CUDA memory), the models built once; one JSON."""
+    import subprocess
 
-    def progress(p):
-        now = time.perf_counter()
-        marks.append(("stage-begin", p.message, round(now - last[0], 3)))
-        last[0] = now
+    results: dict = {}
+    subprocess.run([sys.executable, __file__, "build"], check=True)
+    for way in ways:
+        proc = subprocess.run([sys.executable, __file__, way], capture_output=True, text=True)
+        print(proc.stdout[-4000:], proc.stderr[-3000:], flush=True)
+        rows = [line[6:] for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
+        results[way] = json.loads(rows[-1]) if rows else {"error": proc.stderr[-2000:]}
+        out.write_text(json.dumps(_with_ratios(results), indent=1))
 
-    start = time.perf_counter()
-    run_batch([DATA / "single.jpg"], request, engine=engine, backend=backend, store=store,
-              progress=progress)
-    marks.append(("total", round(time.perf_counter() - start, 3)))
-    print("PROFILE " + json.dumps(marks, default=str))
+
+def _with_ratios(results: dict) -> dict:
+    ours, ref = results.get("ours", {}), results.get("reference", {})
+    if "single_s_median" in ours and "single_s_median" in ref:
+        results["ours_vs_reference"] = {
+            "single_speedup": round(ref["single_s_median"] / ours["single_s_median"], 2),
+            "two_person_speedup": round(ref["two_person_s_median"]
+                                        / ours["two_person_s_median"], 2),
+            "batch_speedup": round(ours["batch8_portraits_per_s"]
+                                   / ref["batch8_portraits_per_s"], 2)}
+    return results
 
 
 def main() -> None:
     way = sys.argv[1]
     if way == "prepare":
         return prepare()
-    import torch
-
-    from easyphoto.params import InferRequest
-
-    DeviceBackend = _device_backend()
-
     WORK.mkdir(parents=True, exist_ok=True)
-    lora = build_models(WORK / "base")
-    store = make_user(WORK / "data", lora)
-    if way in ("ours", "ours-nolora", "ours-compiled"):
-        from easyphoto.engine.diffusers_engine import DiffusersEngine
-        engine = DiffusersEngine(base_model=str(WORK / "base"), dtype="fp16")
-        if way == "ours-nolora":  # diagnostic: the same calls without any LoRA layer
-            engine.inpaint = _without_loras(engine.inpaint)
-    else:
-        from infer_reference import ReferenceWayEngine
-        engine = ReferenceWayEngine(WORK / "base")
-    backend = DeviceBackend()
-    one = InferRequest(user_ids=["bench"], base_model=str(WORK / "base"), seed=1)
-    two = InferRequest(user_ids=["bench", "bench"], base_model=str(WORK / "base"), seed=1)
-    torch.cuda.reset_peak_memory_stats()
-    timed(engine, backend, store, DATA / "single.jpg", one, 1)  # warm-up
-    if len(sys.argv) > 2 and sys.argv[2] == "profile":
-        return profile(engine, backend, store, one)
-    compile_s = None
-    if way == "ours-compiled":  # experiment: CUDA graphs through torch.compile, warm shapes first
-        compile_s = _compile(engine, backend, store, one, two)
-        torch.cuda.reset_peak_memory_stats()
-    single = timed(engine, backend, store, DATA / "single.jpg", one, 5)
-    double = timed(engine, backend, store, DATA / "two.jpg", two, 3)
-    batch = timed(engine, backend, store, DATA / "single.jpg", one, 1, per_run=8)
-    props = torch.cuda.get_device_properties(0)
-    print("BENCH " + json.dumps({
-        "way": way, "gpu": props.name, "single_s_median": sorted(single)[2],
-        "single_s_all": [round(t, 3) for t in single], "two_person_s_median": sorted(double)[1],
-        "batch8_portraits_per_s": round(8 / sum(batch), 3),
-        "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "compile_and_warm_s": compile_s,
-        "engine_timings_last": getattr(engine, "timings", {})}, default=str))
+    if way == "build":
+        build_models(WORK / "base")
+        return None
+    if way == "all":
+        return run_all(Path(sys.argv[2]) if len(sys.argv) > 2 else WORK / "bench.json")
+    row = measure(way, extra=way == "ours")
+    print("BENCH " + json.dumps(row, default=str), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ own ``MODELSCOPE_DOMAIN``. Licences that do not clearly allow commercial use mus
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,12 +35,16 @@ from .weights_fetch import (ProgressFn, TransferError, fetch_hf, fetch_modelscop
 from .weights_registry import HOST_FOLDERS, REGISTRY, ModelSpec, all_specs, spec_map
 
 __all__ = ["ModelStore", "ModelSpec", "DownloadResult", "LicenceNotAccepted", "ProgressFn",
-           "all_specs", "licence_line", "human_size", "offline_reason"]
+           "all_specs", "licence_line", "human_size", "offline_reason", "host_folders_from_env",
+           "HOST_FOLDERS_ENV"]
 
 logger = logging.getLogger(__name__)
 
 OFFLINE_ENVS = ("EASYPHOTO_OFFLINE", "HF_HUB_OFFLINE")
 URL_BASE_ENV = "EASYPHOTO_MODEL_URL_BASE"
+#: A JSON object ``{host folder name: path}`` naming the host's model folders; the WebUI
+#: extension sets it so every ModelStore (and the training subprocess) uses them.
+HOST_FOLDERS_ENV = "EASYPHOTO_HOST_FOLDERS"
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -86,6 +91,20 @@ def licence_line(spec: ModelSpec) -> str:
     return f"{spec.role}: licence {spec.licence}{url}; commercial use {use}"
 
 
+def host_folders_from_env(env: Optional[Mapping[str, str]] = None) -> dict[str, Path]:
+    """The host model folders named by :data:`HOST_FOLDERS_ENV` (empty when unset or unusable)."""
+    text = (os.environ if env is None else env).get(HOST_FOLDERS_ENV, "")
+    try:
+        folders = json.loads(text) if text else {}
+    except ValueError:
+        folders = None
+    if not isinstance(folders, dict):
+        logger.warning("%s is not a JSON object; ignoring it", HOST_FOLDERS_ENV)
+        return {}
+    return {name: Path(path) for name, path in folders.items()
+            if name in HOST_FOLDERS and isinstance(path, str) and path}
+
+
 def offline_reason(env: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """Why downloads are switched off (``HF_HUB_OFFLINE=1`` ...), or None."""
     env = os.environ if env is None else env
@@ -101,8 +120,11 @@ class ModelStore:
     def __init__(self, models_root: PathLike, host_folders: Optional[Mapping[str, PathLike]] = None,
                  *, specs: Optional[Iterable[ModelSpec]] = None, hf_endpoint: Optional[str] = None,
                  url_base: Optional[str] = None, timeout: float = 30.0) -> None:
-        """``specs`` replaces the registry (tests, custom tables); endpoints override the env."""
+        """``specs`` replaces the registry (tests, custom tables); endpoints override the env.
+        ``host_folders`` ``None``: the folders :data:`HOST_FOLDERS_ENV` names (if any)."""
         self.models_root = Path(models_root)
+        if host_folders is None:
+            host_folders = host_folders_from_env()
         unknown = set(host_folders or {}) - set(HOST_FOLDERS)
         if unknown:
             raise InvalidRequest(f"unknown host model folder(s) {sorted(unknown)}; "

@@ -13,6 +13,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from assets import ASSETS, asset  # noqa: E402
 
 
+def pytest_ignore_collect(collection_path, config):
+    """tests/hostpins runs in its own environment (.venv-host, see its conftest.py), not here."""
+    if collection_path.name == "hostpins" and collection_path.parent == Path(__file__).parent:
+        return True
+    return None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def prefetched_photos():
     """Fetch (or find cached) every test photo before any test runs, so tests that forbid

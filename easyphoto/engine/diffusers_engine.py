@@ -17,8 +17,13 @@
   dtype (the SDXL VAE stays fp32 beside fp16 models, see :mod:`easyphoto.train.loading`).
 
 Models are loaded once (:mod:`easyphoto.engine.models`) and a pipeline object is wrapped around
-them per call (≈ 0.3 ms, no weights touched). LoRAs are peft adapters switched by weight,
-samplers are re-used scheduler instances (:mod:`easyphoto.engine.samplers`). Units with weight
+them per call (≈ 0.3 ms, no weights touched). LoRAs are peft adapters switched by weight and
+fused into the base weights while a call's set is the last one's (:mod:`easyphoto.engine.loras`),
+samplers are re-used scheduler instances (:mod:`easyphoto.engine.samplers`). ControlNet inpaint
+calls run the engine's own denoising loop (:mod:`easyphoto.engine.denoise`: the pipeline's
+computation, conditioning embedded once, no per-step host sync) with the step captured as a
+CUDA graph on CUDA (:mod:`easyphoto.engine.step_graphs`); ``speedups`` switches each of these
+off (``Speedups.off()``: the stock pipeline ``__call__`` with unmerged adapters). Units with weight
 0 or an empty ``[start, end)`` window are dropped before the call: they add exactly zero.
 Weights are fp16 on CUDA by default (``dtype`` may say bf16) and fp32 on the CPU; attention
 is diffusers' default SDPA processor. ``offload=True`` keeps the modules on the CPU and moves
@@ -31,10 +36,10 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import secrets
 import threading
 import time
+import weakref
 from types import MappingProxyType
 from typing import Optional, Sequence, Union
 
@@ -45,7 +50,16 @@ from PIL import Image
 
 from ..errors import InvalidRequest
 from ..train.loading import resolve_device, weight_dtype
-from .base import CONTROL_KINDS, ControlUnit, Generation, check_image_mask
+from .base import ControlUnit, Generation
+from .checks import (  # noqa: F401 (check_units, check_generation: re-exported)
+    MAX_CONTROL_UNITS,
+    active_units,
+    check_generation,
+    check_units,
+    finite,
+    inpaint_mask,
+)
+from .denoise import Speedups, run_inpaint, supports
 from .models import (
     FAMILIES,
     LORA_CACHE_LIMIT,
@@ -55,12 +69,11 @@ from .models import (
     check_kind,
     decode_latents,
 )
-from .samplers import check_sampler, denoising_steps, schedule_length
+from .samplers import denoising_steps, schedule_length
+from .step_graphs import StepGraphs
 
 logger = logging.getLogger(__name__)
 
-#: Most ControlNet units one call may carry (MultiControlNet).
-MAX_CONTROL_UNITS = 4
 _DTYPES = MappingProxyType({"fp16": "fp16", "float16": "fp16", "half": "fp16", "bf16": "bf16",
                            "bfloat16": "bf16", "fp32": "no", "float32": "no", "no": "no"})
 _PIPELINES = MappingProxyType({
@@ -94,81 +107,6 @@ def composite(generated: np.ndarray, image: np.ndarray, soft_mask: np.ndarray) -
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] → uint8 (``round(x·255)``, clipped), any shape."""
     return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-
-
-# ---- input checks -------------------------------------------------------------------------
-def _finite(value, what: str, low: float = -math.inf, high: float = math.inf) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{what} must be a number, got {value!r}.") from None
-    if not (math.isfinite(number) and low <= number <= high):
-        raise InvalidRequest(f"{what} must be a finite number in [{low}, {high}], got {value!r}.")
-    return number
-
-
-def check_units(controls: Sequence[ControlUnit], kinds: Sequence[str] = CONTROL_KINDS) -> None:
-    """Each unit: a known ``kind`` (of ``kinds``), an (H, W, 3) uint8 image, weight ≥ 0,
-    0 ≤ start ≤ end ≤ 1; at most :data:`MAX_CONTROL_UNITS` units."""
-    if len(controls) > MAX_CONTROL_UNITS:
-        raise InvalidRequest(f"{len(controls)} ControlNet units; at most {MAX_CONTROL_UNITS}.")
-    for unit in controls:
-        kind = getattr(unit, "kind", None)
-        if kind not in kinds:
-            raise InvalidRequest(f"unknown control kind {kind!r}; one of {tuple(kinds)}.")
-        image = getattr(unit, "image", None)
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                and image.shape[2] == 3):
-            shape = getattr(image, "shape", None)
-            raise InvalidRequest(f"control {kind}: image must be (H, W, 3) uint8, got {shape} "
-                                 f"{getattr(image, 'dtype', type(image).__name__)}.")
-        _finite(unit.weight, f"control {kind} weight", 0.0)
-        start = _finite(unit.start, f"control {kind} start")
-        end = _finite(unit.end, f"control {kind} end")
-        if not 0.0 <= start <= end <= 1.0:
-            raise InvalidRequest(f"control {kind}: need 0 ≤ start ≤ end ≤ 1, got {start}, "
-                                 f"{end}.")
-
-
-def _integer(value, what: str, low: int, high: int = 2 ** 64 - 1) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or not low <= value <= high:
-        raise InvalidRequest(f"{what} must be an integer in [{low}, {high}], got {value!r}.")
-    return int(value)
-
-
-def check_generation(generation: Generation) -> None:
-    """Steps ≥ 1 (integer), cfg ≥ 0, a known sampler, an integer seed, string prompts."""
-    if not isinstance(generation.prompt, str) or not isinstance(generation.negative_prompt, str):
-        raise InvalidRequest("prompt and negative prompt must be strings.")
-    _integer(generation.steps, "steps", 1)
-    _finite(generation.cfg, "CFG scale", 0.0)
-    check_sampler(generation.sampler)
-    _integer(generation.seed, "seed (negative = random)", -(2 ** 63))
-
-
-def _inpaint_mask(image: np.ndarray, mask: np.ndarray, generation: Generation) -> np.ndarray:
-    """Validate an inpaint call's arrays; the mask as (H, W) uint8 (a bool mask → 0/255)."""
-    if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
-        raise InvalidRequest("image and mask must be numpy arrays.")
-    if mask.dtype == bool:
-        mask = mask.astype(np.uint8) * 255
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise InvalidRequest(f"mask must be (H, W) uint8 (255 = repaint), got {mask.shape} "
-                             f"{mask.dtype}.")
-    check_units(generation.controls)
-    try:
-        check_image_mask(image, mask, generation.controls)
-    except ValueError as error:
-        raise InvalidRequest(str(error)) from error
-    check_generation(generation)
-    return mask
-
-
-def active_units(controls: Sequence[ControlUnit]) -> list:
-    """The units that act: weight > 0 and a non-empty [start, end) window (the others add
-    exactly zero to the UNet's residuals, so dropping them changes no output bit)."""
-    return [unit for unit in controls if unit.weight > 0 and unit.end > unit.start]
 
 
 def _control_kwargs(units: Sequence[ControlUnit], image_key: str) -> dict:
@@ -227,7 +165,9 @@ class DiffusersEngine:
     (bases, ControlNets ``controlnet_sd15_<kind>``) are found. ``device``: default CUDA when
     present. ``dtype``: torch dtype or ``"fp16"`` / ``"bf16"`` / ``"fp32"`` (default fp16 on
     CUDA, fp32 on the CPU). ``offload``: keep modules on the CPU between uses (CUDA only).
-    ``lora_cache_size``: LoRA adapters kept resident per base model.
+    ``lora_cache_size``: LoRA adapters kept resident per base model. ``speedups``: which
+    speed-ups run (:class:`~easyphoto.engine.denoise.Speedups`; default all but the
+    channels-last layout and parallel ControlNets; ``Speedups.off()``: the plain pipeline).
 
     After each call ``timings`` holds seconds per phase (``models``, ``loras``, ``prepare``,
     ``diffusion``, ``decode`` or ``composite``, ``total``) and ``last_call`` the seed used, the
@@ -237,8 +177,10 @@ class DiffusersEngine:
     def __init__(self, base_model: str = "", models_dir=None, device=None,
                  dtype: Union[torch.dtype, str, None] = None, offload: bool = False,
                  store=None, sdxl_model: Optional[str] = None,
-                 lora_cache_size: int = LORA_CACHE_LIMIT) -> None:
+                 lora_cache_size: int = LORA_CACHE_LIMIT,
+                 speedups: Optional[Speedups] = None) -> None:
         self.device = resolve_device(device)
+        self.speedups = Speedups() if speedups is None else speedups
         self.dtype = _engine_dtype(dtype, self.device)
         self.offload = bool(offload) and self.device.type == "cuda"
         if offload and not self.offload:
@@ -248,10 +190,13 @@ class DiffusersEngine:
         self.models = ResidentModels(
             {"sd15": base_model, "sdxl": sdxl_model},
             device=torch.device("cpu") if self.offload else self.device, target=self.device,
-            dtype=self.dtype, models_dir=models_dir, store=store, lora_limit=lora_cache_size)
+            dtype=self.dtype, models_dir=models_dir, store=store, lora_limit=lora_cache_size,
+            fuse_loras=self.speedups.fuse_loras)
         self.timings: dict[str, float] = {}
         self.last_call: dict = {}
         self._lock = threading.RLock()
+        self.graphs = StepGraphs(parallel=self.speedups.parallel_controlnets)
+        self._laid_out: weakref.WeakSet = weakref.WeakSet()  # modules made channels-last
 
     # ---- protocol -------------------------------------------------------------------------
     def load(self, family: str = "sd15", controls: Sequence[str] = ()) -> None:
@@ -271,6 +216,7 @@ class DiffusersEngine:
     def unload(self) -> None:
         """Drop every resident model and adapter; free the CUDA cache."""
         with self._lock:
+            self.graphs.clear()
             self.models.release()
             gc.collect()
             if torch.cuda.is_available():
@@ -285,9 +231,9 @@ class DiffusersEngine:
         ``image`` (no model is loaded)."""
         with self._lock:
             clock = _Clock(self.device)
-            mask = _inpaint_mask(image, mask, generation)
-            strength = _finite(strength, "denoising strength", 0.0, 1.0)
-            _finite(mask_blur, "mask blur", 0.0)
+            mask = inpaint_mask(image, mask, generation)
+            strength = finite(strength, "denoising strength", 0.0, 1.0)
+            finite(mask_blur, "mask blur", 0.0)
             soft = blur_mask(mask, mask_blur)
             if strength == 0 or not soft.any():
                 self.last_call = {"seed": None, "schedule": 0, "steps_run": 0, "controls": []}
@@ -295,7 +241,7 @@ class DiffusersEngine:
                 return image.copy()
             height, width = image.shape[:2]
             units = active_units(generation.controls)
-            _, pipe = self._prepare("sd15", "inpaint", units, generation, clock)
+            models, pipe = self._prepare("sd15", "inpaint", units, generation, clock)
             length = schedule_length(generation.steps, strength)
             kwargs, seed = self._common_kwargs(generation, length, width, height)
             kwargs.update(image=Image.fromarray(np.ascontiguousarray(image)),
@@ -303,11 +249,10 @@ class DiffusersEngine:
                           strength=strength, output_type="np",
                           **_control_kwargs(units, "control_image"))
             clock.lap("prepare")
-            generated = to_uint8(pipe(**kwargs).images[0])
-            clock.lap("diffusion")
-            result = composite(generated, image, soft)
+            images, path = self._run_inpaint(pipe, kwargs, models, clock)
+            result = composite(to_uint8(images[0]), image, soft)
             clock.lap("composite")
-            self._finish(clock, seed, length, denoising_steps(length, strength), units)
+            self._finish(clock, seed, length, denoising_steps(length, strength), units, path)
             return result
 
     def txt2img(self, size: tuple[int, int], generation: Generation,
@@ -338,6 +283,35 @@ class DiffusersEngine:
             return image
 
     # ---- internals ------------------------------------------------------------------------
+    def _run_inpaint(self, pipe, kwargs: dict, models: ModelSet,
+                     clock: _Clock) -> tuple[np.ndarray, dict]:
+        """The inpaint pipeline's images, by the own loop where the speed-ups allow, else by
+        the pipeline's ``__call__``; and how they were made."""
+        fast = self.speedups.own_loop and not self.offload and supports(pipe)
+        if not fast:
+            images = pipe(**kwargs).images
+            clock.lap("diffusion")
+            return images, {"own_loop": False, "graphed": False}
+        nets = list(pipe.controlnet.nets)
+        self._lay_out([pipe.unet, *nets])
+        cuda = self.device.type == "cuda" and self.speedups.cuda_graphs
+        captures = self.graphs.captures
+        images = run_inpaint(pipe, kwargs, self.graphs if cuda else None,
+                             models.loras.step_token(), clock.lap)
+        return images, {"own_loop": True, "graphed": cuda and self.graphs.last_graphed,
+                        "captured": self.graphs.captures - captures}
+
+    def _lay_out(self, modules: list) -> None:
+        """Channels-last weights for ``modules`` (once each; graphs made before are dropped)."""
+        if not self.speedups.channels_last or self.device.type != "cuda":
+            return
+        todo = [module for module in modules if module not in self._laid_out]
+        for module in todo:
+            module.to(memory_format=torch.channels_last)
+            self._laid_out.add(module)
+        if todo:
+            self.graphs.clear()
+
     def _prepare(self, family: str, task: str, units: Sequence[ControlUnit],
                  generation: Generation, clock: _Clock) -> tuple[ModelSet, object]:
         """Resident models + ControlNets, the call's pipeline and its LoRAs."""
@@ -377,10 +351,10 @@ class DiffusersEngine:
                 "generator": generator, "width": width, "height": height}, seed
 
     def _finish(self, clock: _Clock, seed: int, length: int, steps_run: int,
-                units: Sequence[ControlUnit]) -> None:
+                units: Sequence[ControlUnit], path: Optional[dict] = None) -> None:
         self.timings = clock.done()
         self.last_call = {"seed": seed, "schedule": length, "steps_run": steps_run,
-                          "controls": [unit.kind for unit in units]}
+                          "controls": [unit.kind for unit in units], **(path or {})}
         logger.debug("diffusers engine call: %s, %s", self.last_call, self.timings)
 
 

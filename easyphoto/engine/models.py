@@ -9,31 +9,27 @@
   single-file ``.safetensors`` checkpoint or a registry role) and each ControlNet kind on first
   use: from the tiny preset, from ``<diffusers folder>/controlnet-<kind>/``, or from the
   registry role (``controlnet_sd15_canny`` …) through the single-file loader.
-* :class:`LoraAdapters` — each LoRA file (kohya or diffusers keys, ``.safetensors``) becomes a
-  named peft adapter once (cached by path, mtime and size; least recently used evicted past
-  ``limit``); a call activates its LoRAs at their weights with ``set_adapters`` and every
-  other adapter is inactive; a call without LoRAs disables the LoRA layers.
+* :class:`~easyphoto.engine.loras.LoraAdapters` (:mod:`easyphoto.engine.loras`) — each LoRA
+  file becomes a named peft adapter once; a call's (LoRA, weight) pairs are set and fused into
+  the base weights while they stay unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import time
-import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InvalidRequest
 from ..train.loading import frozen_module
-from .base import CONTROL_KINDS, LoraRef
+from .base import CONTROL_KINDS
+from .loras import LORA_CACHE_LIMIT, LoraAdapters
 from .samplers import SamplerBank
 
 logger = logging.getLogger(__name__)
@@ -46,8 +42,6 @@ CONTROLNET_ROLES: Mapping[str, Mapping[str, str]] = MappingProxyType({
     "sdxl": MappingProxyType({"canny": "controlnet_sdxl_canny",
                               "openpose": "controlnet_sdxl_openpose"}),
 })
-#: LoRA adapters kept resident per model set before the least recently used is deleted.
-LORA_CACHE_LIMIT = 8
 
 
 def check_kind(family: str, kind: str) -> str:
@@ -58,161 +52,6 @@ def check_kind(family: str, kind: str) -> str:
         raise InvalidRequest(f"there is no {kind} ControlNet for {family}; {family} supports "
                              f"{', '.join(roles)}.")
     return roles[kind]
-
-
-@dataclass(frozen=True)
-class _Adapter:
-    name: str
-    stamp: tuple[int, int]  # (mtime_ns, size) of the file when it was loaded
-
-
-class LoraAdapters:
-    """LoRA files as named peft adapters on one model set's UNet and text encoder(s).
-
-    The adapters live in the modules, so any pipeline object built around them can load,
-    switch or delete them. ``limit``: adapters kept before the least recently used goes.
-    """
-
-    def __init__(self, limit: int = LORA_CACHE_LIMIT) -> None:
-        if limit < 1:
-            raise InvalidRequest(f"the LoRA cache limit must be ≥ 1, got {limit}.")
-        self.limit = limit
-        self._adapters: OrderedDict[str, _Adapter] = OrderedDict()
-        self._serial = 0
-        self._enabled = True  # LoRA layers switched on (``disable_lora`` switches them off)
-        self._active: Optional[tuple] = None  # ((name, weight), ...) set on the layers
-
-    @property
-    def loaded(self) -> tuple[str, ...]:
-        """Paths of the resident adapters, least recently used first."""
-        return tuple(self._adapters)
-
-    def apply(self, pipe, loras: Sequence[LoraRef]) -> dict[str, float]:
-        """Make exactly ``loras`` active on ``pipe``'s modules, at their weights.
-
-        Loads files not resident yet (one ``load_lora_weights`` each); the same path twice
-        adds its weights. Returns ``{adapter name: weight}`` of the call.
-        """
-        weights: dict[str, float] = {}
-        for ref in loras:
-            path = _lora_path(ref)
-            weights[path] = weights.get(path, 0.0) + float(ref.weight)
-        if not weights:
-            if self._adapters and self._enabled:
-                pipe.disable_lora()
-                self._enabled = False
-            return {}
-        if len(weights) > self.limit:
-            raise InvalidRequest(f"{len(weights)} LoRAs in one call; at most {self.limit}.")
-        names = {self._ensure(pipe, path, keep=set(weights)): w for path, w in weights.items()}
-        if not self._enabled:
-            pipe.enable_lora()
-            self._enabled = True
-        if tuple(names.items()) != self._active:  # a batch with the same LoRAs skips this
-            pipe.set_adapters(list(names), adapter_weights=list(names.values()))
-            self._active = tuple(names.items())
-        return names
-
-    def _ensure(self, pipe, path: str, keep: set) -> str:
-        """The adapter name of ``path``, loading the file if it is new or changed on disk."""
-        stat = Path(path).stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        entry = self._adapters.get(path)
-        if entry is not None and entry.stamp == stamp:
-            self._adapters.move_to_end(path)
-            return entry.name
-        if entry is not None:
-            logger.info("LoRA %s changed on disk: reloading it", path)
-            self._delete(pipe, path)
-        while len(self._adapters) >= self.limit:
-            victim = next((p for p in self._adapters if p not in keep), None)
-            if victim is None:  # pragma: no cover - apply() bounds the call's LoRAs
-                break
-            self._delete(pipe, victim)
-        name = f"ep_lora_{self._serial}"
-        self._serial += 1
-        started = time.monotonic()
-        self._active = None  # re-set the weights (layers made before stay as switched)
-        state = _read_lora(Path(path))
-        try:
-            with _quiet_adapter_load():
-                pipe.load_lora_weights(state, adapter_name=name)
-        except (RuntimeError, ValueError, KeyError) as error:
-            _discard(pipe, name)
-            summary = " ".join(str(error).split())[:300]
-            raise InvalidRequest(f"LoRA file {Path(path).name} does not fit this base model "
-                                 f"(another family or architecture?): {summary}") from error
-        self._adapters[path] = _Adapter(name, stamp)
-        logger.info("LoRA %s loaded as adapter %s in %.2f s", path, name,
-                    time.monotonic() - started)
-        return name
-
-    def _delete(self, pipe, path: str) -> None:
-        entry = self._adapters.pop(path)
-        pipe.delete_adapters(entry.name)
-        self._active = None
-        logger.debug("LoRA adapter %s (%s) deleted", entry.name, path)
-
-    def forget(self) -> None:
-        """Drop the bookkeeping (the models carrying the adapters are being released)."""
-        self._adapters.clear()
-        self._enabled, self._active = True, None
-
-
-def _discard(pipe, name: str) -> None:
-    """Remove whatever a failed ``load_lora_weights`` left of adapter ``name``."""
-    try:
-        pipe.delete_adapters(name)
-    except (ValueError, KeyError, AttributeError):  # nothing of it was left
-        logger.debug("LoRA adapter %s: nothing to clean up", name)
-
-
-@contextlib.contextmanager
-def _quiet_adapter_load() -> Iterator[None]:
-    """Silence two false alarms of loading a further adapter: peft's "several adapters"
-    warning, and transformers' load report listing the text encoder's other adapters' keys
-    as "MISSING … newly initialized" (they are kept as they are; the tests check it)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-def _lora_path(ref: LoraRef) -> str:
-    """The resolved path of a LoRA reference; :class:`InvalidRequest` when unusable."""
-    try:
-        weight = float(ref.weight)
-    except (TypeError, ValueError):
-        weight = math.nan
-    if not math.isfinite(weight):
-        raise InvalidRequest(f"LoRA {ref.path}: weight must be a finite number, got {weight}.")
-    path = Path(ref.path).expanduser()
-    if not path.is_file():
-        raise InvalidRequest(f"LoRA file {ref.path!r} does not exist (the diffusers engine takes "
-                             "LoRA file paths, not host LoRA names).")
-    if path.suffix.lower() != ".safetensors":
-        raise InvalidRequest(f"LoRA file {path.name} is not .safetensors; EasyPhoto never "
-                             "unpickles model files. Convert it to .safetensors.")
-    return str(path.resolve())
-
-
-def _read_lora(path: Path) -> dict:
-    """The tensors of a LoRA file (CPU); diffusers converts kohya names on load."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as error:  # safetensors raises its own error types
-        raise InvalidRequest(f"LoRA file {path.name} cannot be read: {error}") from error
 
 
 @dataclass
@@ -250,16 +89,18 @@ class ResidentModels:
     ``sources``: base model per family (``""`` = the registry default role). ``device``: where
     the modules live (the CPU when the engine offloads); ``target``: where they run (decides
     the VAE dtype). ``store``: a :class:`~easyphoto.weights.ModelStore` or ``None`` (made on
-    ``models_dir`` when a registry model is first needed).
+    ``models_dir`` when a registry model is first needed). ``fuse_loras``: see
+    :class:`~easyphoto.engine.loras.LoraAdapters`.
     """
 
     def __init__(self, sources: Mapping[str, str], *, device: torch.device,
                  target: torch.device, dtype: torch.dtype, models_dir=None, store=None,
-                 lora_limit: int = LORA_CACHE_LIMIT, seed: int = 0) -> None:
+                 lora_limit: int = LORA_CACHE_LIMIT, seed: int = 0,
+                 fuse_loras: bool = True) -> None:
         self.sources = dict(sources)
         self.device, self.target, self.dtype = device, target, dtype
         self.models_dir, self._store = models_dir, store
-        self.lora_limit, self.seed = lora_limit, seed
+        self.lora_limit, self.seed, self.fuse_loras = lora_limit, seed, fuse_loras
         self._sets: dict[str, ModelSet] = {}
 
     def store(self):
@@ -295,7 +136,7 @@ class ResidentModels:
             text_encoders=list(parts.text_encoders), tokenizers=list(parts.tokenizers),
             dtype=self.dtype, base_id=parts.base_id,
             samplers=SamplerBank(parts.noise_scheduler.config),
-            loras=LoraAdapters(self.lora_limit))
+            loras=LoraAdapters(self.lora_limit, fuse=self.fuse_loras))
 
     def controlnets(self, family: str, kinds: Sequence[str]) -> list:
         """The ControlNets of ``kinds`` (in order), each loaded once."""

@@ -1,0 +1,188 @@
+"""The engine's own ControlNet-inpaint denoising loop (SD1.5, regular 4-channel UNet).
+
+:func:`run_inpaint` computes what ``StableDiffusionControlNetInpaintPipeline.__call__`` computes
+for the engine's calls (one image, ``output_type="np"``, no IP-adapter, no guess mode), using
+the pipeline object's own preparation methods (prompt encoding, image and control
+preprocessing, scheduler set-up, initial latents), and draws the same random numbers from the
+call's generator in the same order, so it returns the pipeline's image (bit-identical on the
+CPU; the tests compare them). What it does differently is how the loop runs:
+
+* the ControlNet conditioning images are embedded once, not at every step
+  (:mod:`easyphoto.engine.step_graphs`);
+* the step (UNet + ControlNets) is a CUDA graph replay where :class:`Speedups` allows it;
+* nothing in the loop waits for the GPU: the re-noising of the known region takes the next
+  timestep as a device tensor (the pipeline builds a CPU tensor from it: a sync per step), and
+  the masked image is not VAE-encoded (a regular UNet never reads it; the pipeline's encoding
+  only draws its posterior sample from the generator, which is drawn here in its place).
+
+:class:`Speedups` also switches LoRA fusing and the channels-last layout (see the engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .step_graphs import EagerStep, StepGraphs, embedded_conditioning
+
+
+@dataclass(frozen=True)
+class Speedups:
+    """Switches of the engine's speed-ups (each changes how, not what, is computed).
+
+    ``fuse_loras``: merge the call's LoRAs into the base weights while they stay the same.
+    ``own_loop``: the loop of this module instead of the pipeline's ``__call__``.
+    ``cuda_graphs``: capture the step as a CUDA graph (own loop, CUDA only).
+    ``parallel_controlnets``: a step's ControlNets on parallel streams inside the graph.
+    ``channels_last``: UNet and ControlNets in the channels-last layout (CUDA only).
+    """
+
+    fuse_loras: bool = True
+    own_loop: bool = True
+    cuda_graphs: bool = True
+    parallel_controlnets: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def off(cls) -> "Speedups":
+        """Everything off: the diffusers pipeline with unmerged peft adapters."""
+        return cls(False, False, False, False, False)
+
+
+@dataclass
+class _Loop:
+    """A call's prepared tensors."""
+
+    embeds: torch.Tensor  # (uncond, cond) prompt embeddings, or cond only without CFG
+    latents: torch.Tensor
+    noise: torch.Tensor
+    image_latents: torch.Tensor
+    mask: torch.Tensor  # (1, 1, h, w) on the latent grid
+    conds: list  # embedded ControlNet conditioning, one per net
+    scales: list  # per step: each net's conditioning scale × its window keep
+    timesteps: torch.Tensor
+    step_kwargs: dict
+    guidance: Optional[float]  # CFG scale, ``None`` without CFG
+
+
+def supports(pipe) -> bool:
+    """Whether :func:`run_inpaint` can stand in for ``pipe(...)``: a ControlNet inpaint
+    pipeline with a regular 4-channel UNet, RGB conditioning, no global pooling, no offload."""
+    nets = getattr(getattr(pipe, "controlnet", None), "nets", None)
+    if not nets or pipe.unet.config.in_channels != 4:
+        return False
+    if getattr(pipe, "_all_hooks", None) or hasattr(pipe.unet, "_hf_hook"):
+        return False
+    return all(not net.config.global_pool_conditions
+               and net.config.controlnet_conditioning_channel_order == "rgb" for net in nets)
+
+
+def keep_scales(weights: Sequence[float], starts: Sequence[float], ends: Sequence[float],
+                steps: int) -> list:
+    """Per step, each unit's scale: its weight, or 0 outside its ``[start, end]`` window
+    (the pipeline's ``controlnet_keep`` rule)."""
+    rows = []
+    for i in range(steps):
+        keeps = [1.0 - float(i / steps < s or (i + 1) / steps > e) for s, e in zip(starts, ends)]
+        rows.append([w * k for w, k in zip(weights, keeps)])
+    return rows
+
+
+@torch.no_grad()
+def run_inpaint(pipe, kwargs: dict, graphs: Optional[StepGraphs] = None, token: tuple = (),
+                lap: Callable[[str], None] = lambda phase: None) -> np.ndarray:
+    """``pipe(**kwargs).images`` (the engine's inpaint arguments, ``output_type="np"``):
+    (1, H, W, 3) floats in [0, 1]. ``graphs``: capture / replay the step (``None``: eager).
+    ``token``: the LoRA step token (part of a graph's key). ``lap``: phase timer."""
+    loop = _prepare(pipe, kwargs)
+    nets = list(pipe.controlnet.nets)
+    lap("prepare")
+    with embedded_conditioning(nets):
+        latents = _denoise(pipe, nets, loop, graphs, token)
+    lap("diffusion")
+    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False,
+                            generator=kwargs["generator"])[0]
+    images = pipe.image_processor.postprocess(image, output_type="np",
+                                              do_denormalize=[True] * image.shape[0])
+    lap("decode")
+    return images
+
+
+def _prepare(pipe, kwargs: dict) -> _Loop:
+    device, generator = pipe._execution_device, kwargs["generator"]
+    guidance = float(kwargs["guidance_scale"])
+    cfg = guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+    cond, uncond = pipe.encode_prompt(kwargs["prompt"], device, 1, cfg,
+                                      kwargs["negative_prompt"])
+    embeds = torch.cat([uncond, cond]) if cfg else cond
+    width, height = kwargs["width"], kwargs["height"]
+    nets = list(pipe.controlnet.nets)
+    conds = []
+    for net, image in zip(nets, kwargs["control_image"]):
+        prepared = pipe.prepare_control_image(
+            image=image, width=width, height=height, batch_size=1, num_images_per_prompt=1,
+            device=device, dtype=pipe.controlnet.dtype, crops_coords=None,
+            resize_mode="default", do_classifier_free_guidance=cfg, guess_mode=False)
+        conds.append(net.controlnet_cond_embedding(prepared))
+    latents, noise, image_latents, mask, timesteps = _latents(pipe, kwargs, embeds.dtype)
+    scales = keep_scales(kwargs["controlnet_conditioning_scale"],
+                         kwargs["control_guidance_start"], kwargs["control_guidance_end"],
+                         len(timesteps))
+    return _Loop(embeds, latents, noise, image_latents, mask, conds, scales, timesteps,
+                 pipe.prepare_extra_step_kwargs(generator, 0.0), guidance if cfg else None)
+
+
+def _latents(pipe, kwargs: dict, dtype: torch.dtype) -> tuple:
+    """Initial latents, their noise, the image latents, the latent-grid mask, timesteps."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, generator = pipe._execution_device, kwargs["generator"]
+    width, height, strength = kwargs["width"], kwargs["height"], kwargs["strength"]
+    image = pipe.image_processor.preprocess(kwargs["image"], height=height, width=width,
+                                            crops_coords=None, resize_mode="default")
+    mask = pipe.mask_processor.preprocess(kwargs["mask_image"], height=height, width=width,
+                                          resize_mode="default", crops_coords=None)
+    pipe.scheduler.set_timesteps(kwargs["num_inference_steps"], device=device)
+    timesteps, _ = pipe.get_timesteps(kwargs["num_inference_steps"], strength, device)
+    latents, noise, image_latents = pipe.prepare_latents(
+        1, pipe.vae.config.latent_channels, height, width, dtype, device, generator,
+        image=image.to(dtype=torch.float32), timestep=timesteps[:1].repeat(1),
+        is_strength_max=strength == 1.0, return_noise=True, return_image_latents=True)
+    grid = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    mask = torch.nn.functional.interpolate(mask, size=grid).to(device=device, dtype=dtype)
+    # the pipeline VAE-encodes the masked image here, which draws one posterior sample
+    randn_tensor((1, pipe.vae.config.latent_channels, *grid), generator=generator,
+                 device=device, dtype=pipe.vae.dtype)
+    return latents, noise, image_latents, mask, timesteps
+
+
+def _denoise(pipe, nets, loop: _Loop, graphs: Optional[StepGraphs], token: tuple):
+    scheduler, timesteps = pipe.scheduler, loop.timesteps
+    latents, count = loop.latents, len(timesteps)
+    step = None
+    for i in range(count):
+        t = timesteps[i]
+        model_in = torch.cat([latents] * 2) if loop.guidance is not None else latents
+        model_in = scheduler.scale_model_input(model_in, t)
+        if step is None:
+            step = _step(pipe.unet, nets, model_in, t, loop, graphs, token)
+        noise_pred = step(model_in, t, i)
+        if loop.guidance is not None:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + loop.guidance * (text - uncond)
+        latents = scheduler.step(noise_pred, t, latents, **loop.step_kwargs,
+                                 return_dict=False)[0]
+        known = loop.image_latents
+        if i < count - 1:  # begin_index schedulers read only its shape; DDIM its values
+            known = scheduler.add_noise(known, loop.noise, timesteps[i + 1:i + 2])
+        latents = (1 - loop.mask) * known + loop.mask * latents
+    return latents
+
+
+def _step(unet, nets, model_in, t, loop: _Loop, graphs: Optional[StepGraphs], token: tuple):
+    if graphs is None or model_in.device.type != "cuda":
+        return EagerStep(unet, nets, loop.embeds, loop.conds, loop.scales)
+    return graphs.step(unet, nets, model_in, t, loop.embeds, loop.conds, loop.scales, token)

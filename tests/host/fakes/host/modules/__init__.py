@@ -1,0 +1,1 @@
+"""Fake WebUI ``modules`` package (see tests/host/fakes/README.md)."""

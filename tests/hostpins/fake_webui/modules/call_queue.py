@@ -1,0 +1,5 @@
+"""The WebUI's GPU lock."""
+
+import threading
+
+queue_lock = threading.Lock()

@@ -1,0 +1,3 @@
+"""No VAEs in this fake WebUI."""
+
+vae_dict = {}
