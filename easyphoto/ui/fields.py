@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
@@ -20,8 +21,8 @@ import gradio as gr
 from ..errors import InvalidRequest
 from .slots import Slots
 
-_WORDS = {"cfg": "CFG", "lr": "LR", "rl": "RL", "id": "ID", "lora": "LoRA", "sdxl": "SDXL",
-          "adam": "Adam", "eps": "ε"}
+_WORDS = MappingProxyType({"cfg": "CFG", "lr": "LR", "rl": "RL", "id": "ID", "lora": "LoRA",
+                           "sdxl": "SDXL", "adam": "Adam", "eps": "ε"})
 #: Widest integer range shown as a slider.
 MAX_INT_SLIDER = 200
 #: Largest float bound shown as a slider.

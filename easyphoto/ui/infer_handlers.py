@@ -146,7 +146,8 @@ class InferHandlers:
             return shown
         known = {**self._gallery_sources(), **(sources or {})}
         items = [{"before": known.get(r.get("template")), "after": r.get("file"),
-                  "caption": render.result_caption(r), "detail": render.result_detail(r)}
+                  "caption": render.result_caption(r),
+                  "detail": render.result_detail(r, bool(view.request.get("display_score")))}
                  for r in view.result.get("results", []) if r.get("file")]
         errors = view.result.get("errors", [])
         items += [{"before": known[e.get("template")], "after": None,

@@ -84,7 +84,7 @@ class InferTab:
             with gr.Tab("Gallery", elem_id=_id("source_gallery")) as tab:
                 self.source_tabs["gallery"] = tab
                 c["template_gallery"] = gr.Gallery(label="Click a template", columns=4,
-                                                   height=300, object_fit="cover",
+                                                   height=300, object_fit="contain",
                                                    allow_preview=False,
                                                    elem_id=_id("template_gallery"))
                 c["selected_msg"] = gr.HTML("", elem_id=_id("selected_msg"))
@@ -161,8 +161,8 @@ class InferTab:
         users = self.slots(*USER_SLOTS)
         for trigger in (c["refresh_users"].click, main_tab.select, blocks.load):
             connect(trigger, h.refresh_users, users, users, progress="hidden")
-        connect(c["people"].change, h.people_changed, self.slots("people"), users,
-                progress="hidden")
+        for trigger in (c["people"].change, c["people"].release):  # release: the final value
+            connect(trigger, h.people_changed, self.slots("people"), users, progress="hidden")
         gallery_out = self.slots("templates", "template_gallery")
         for trigger in (main_tab.select, blocks.load):
             connect(trigger, h.refresh_templates, Slots(), gallery_out, progress="hidden")

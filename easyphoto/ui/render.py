@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime as _dt
 import html
 from collections.abc import Iterable
+from types import MappingProxyType
 from typing import Any
 
 from ..jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobView
 
-VERDICT_LABELS = {"ok": "kept", "unreadable": "unreadable", "too_large": "too large",
-                  "too_small": "too small", "no_face": "no face", "duplicate": "duplicate",
-                  "other_person": "other person", "surplus": "not needed"}
-STATUS_LABELS = {QUEUED: "queued", RUNNING: "running", DONE: "finished", FAILED: "failed",
-                 CANCELLED: "cancelled"}
+VERDICT_LABELS = MappingProxyType({
+    "ok": "kept", "unreadable": "unreadable", "too_large": "too large", "too_small": "too small",
+    "no_face": "no face", "duplicate": "duplicate", "other_person": "other person",
+    "surplus": "not needed"})
+STATUS_LABELS = MappingProxyType({QUEUED: "queued", RUNNING: "running", DONE: "finished",
+                                  FAILED: "failed", CANCELLED: "cancelled"})
 
 
 def esc(value: Any) -> str:
@@ -178,14 +180,15 @@ def result_caption(result: dict) -> str:
     return text + (" · " + ", ".join(scores) if scores else "")
 
 
-def result_detail(result: dict) -> str:
-    """One output's people (user id, status, similarity), seed, size and notes."""
+def result_detail(result: dict, scored: bool = False) -> str:
+    """One output's people (user id, status, similarity), seed, size and notes; ``scored``:
+    the request asked for similarity scores (else a hint says how to get them)."""
     rows = "".join(f"<tr><td>{int(p.get('index', 0)) + 1}</td><td>{esc(p.get('user_id', ''))}</td>"
                    f"<td>{esc(p.get('status', ''))}</td><td>{_score(p.get('score'))}</td></tr>"
                    for p in result.get("people", []))
     size = "×".join(str(v) for v in result.get("size", []))
     notes = "".join(f"<li>{esc(n)}</li>" for n in result.get("notes", []))
-    hint = ("" if any(p.get("score") is not None for p in result.get("people", [])) else
+    hint = ("" if scored else
             "<p class='easyphoto-hint'>Similarity is computed when “Display score” is on.</p>")
     return (f'<div class="easyphoto-detail"><p>{esc(result.get("template", ""))} · seed '
             f'{esc(result.get("seed", ""))} · {esc(size)} px</p><table><thead><tr><th>face</th>'

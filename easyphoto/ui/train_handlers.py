@@ -21,9 +21,11 @@ from ..store import validate_user_id
 from . import compat, fields, render
 from .follow import POLL_S, follow, latest
 
-#: What a photo list change resets (the selection) and shows.
-_EMPTY_PHOTOS = {"photos": [], "report": None, "selected": None, "gallery": [],
-                 "verdicts": render.verdicts(None)}
+
+def _no_photos() -> dict:
+    """The outputs of an empty photo list (fresh lists each time: they become session state)."""
+    return {"photos": [], "report": None, "selected": None, "gallery": [],
+            "verdicts": render.verdicts(None)}
 
 
 def _backend(value: Any) -> str:
@@ -48,7 +50,7 @@ class TrainHandlers:
     def _checked(self, photos: list, values: dict, note: str = "") -> dict:
         """Check ``photos`` now; the gallery captions and the table show the verdicts."""
         if not photos:
-            return {**_EMPTY_PHOTOS, "photo_message": render.message(note, ok=None)}
+            return {**_no_photos(), "photo_message": render.message(note, ok=None)}
         report = self.service.check_photos(photos, _max_photos(values.get("max_photos")),
                                            _backend(values.get("face_backend")))
         checks = report.get("photos", [])
@@ -95,7 +97,7 @@ class TrainHandlers:
                              f"{len(photos)} left.")
 
     def clear_photos(self, values: dict) -> dict:
-        return {**_EMPTY_PHOTOS, "upload": None,
+        return {**_no_photos(), "upload": None,
                 "photo_message": render.message("All photos removed.", ok=None)}
 
     # -- user id -------------------------------------------------------------------------------
@@ -131,8 +133,8 @@ class TrainHandlers:
             user_id = (view.result or {}).get("user_id") or view.request.get("user_id", "")
             shown.update(face_id=summary.get("face_id"), renders=renders,
                          summary=render.training_summary(summary),
-                         user_id_msg=render.message(f"“{user_id}” is trained: pick it on the "
-                                                    "Inference tab.", ok=True))
+                         user_id_msg=render.message(f"Last training: “{user_id}” is ready; pick "
+                                                    "it on the Inference tab.", ok=True))
         return shown
 
     def start(self, values: dict) -> Iterator[dict]:

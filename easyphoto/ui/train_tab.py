@@ -46,7 +46,7 @@ class TrainTab:
         c["upload"] = gr.File(label="Add photos: drop image files here or click",
                               file_count="multiple", file_types=["image"], elem_id=_id("upload"))
         c["gallery"] = gr.Gallery(label="Photos (click one to select it)", columns=4, height=360,
-                                  object_fit="cover", allow_preview=False,
+                                  object_fit="contain", allow_preview=False,
                                   elem_id=_id("gallery"))
         with gr.Row(elem_id=_id("photo_buttons")):
             c["remove"] = gr.Button("Remove selected", size="sm", elem_id=_id("remove"))
@@ -82,9 +82,10 @@ class TrainTab:
                               elem_id=_id("log"))
         with gr.Row(elem_id=_id("results")):
             c["face_id"] = gr.Image(label="face_id image", type="filepath", interactive=False,
-                                    height=256, elem_id=_id("face_id"))
+                                    height=256, scale=1, elem_id=_id("face_id"))
             c["renders"] = gr.Gallery(label="Validation renders (score per render)", columns=4,
-                                      height=256, elem_id=_id("renders"))
+                                      height=256, scale=2, object_fit="contain",
+                                      elem_id=_id("renders"))
         c["summary"] = gr.HTML("", elem_id=_id("summary"))
 
     # -- events ------------------------------------------------------------------------------------
@@ -110,7 +111,8 @@ class TrainTab:
                 photo_out, progress="full")
         connect(c["clear"].click, h.clear_photos, Slots(), photo_out, progress="hidden")
         id_in = self.slots("user_id") + self.params.pick(["overwrite"])
-        for trigger in (c["user_id"].change, self.params["overwrite"].change):
+        # gradio 3 skips a change event while the previous one runs: blur sends the last value
+        for trigger in (c["user_id"].change, c["user_id"].blur, self.params["overwrite"].change):
             connect(trigger, h.check_user_id, id_in, self.slots("user_id_msg"),
                     progress="hidden")
         load = connect(blocks.load, h.restore, Slots(), self.job_outputs(),

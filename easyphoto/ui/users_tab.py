@@ -34,10 +34,11 @@ class UsersHandlers:
         with_face = [u for u in users if u.get("face_id")]
         ids = [u["user_id"] for u in users]
         current = values.get("selected")
+        current = current if current in ids else (ids[0] if ids else None)
         return {"ids": [u["user_id"] for u in with_face],
                 "gallery": [(u["face_id"], render.user_caption(u)) for u in with_face],
                 "table": render.users_table(users),
-                "selected": gr.update(choices=ids, value=current if current in ids else None)}
+                "selected": gr.update(choices=ids, value=current)}
 
     def select(self, values: dict) -> dict:
         index = getattr(values.get("event"), "index", None)
@@ -94,8 +95,8 @@ class UsersTab:
         with gr.Row(elem_id=_id("main")):
             with gr.Column(scale=3, elem_id=_id("list_column")):
                 c["refresh"] = gr.Button("Refresh", size="sm", elem_id=_id("refresh"))
-                c["gallery"] = gr.Gallery(label="User ids (face_id image)", columns=6,
-                                          height=260, object_fit="cover", allow_preview=False,
+                c["gallery"] = gr.Gallery(label="User ids (face_id image)", columns=4,
+                                          height=260, object_fit="contain", allow_preview=False,
                                           elem_id=_id("gallery"))
                 c["table"] = gr.HTML(render.users_table([]), elem_id=_id("table"))
             with gr.Column(scale=2, elem_id=_id("actions_column")):

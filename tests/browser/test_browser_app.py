@@ -7,179 +7,66 @@ types a user id and sees it is free; trains with the quick tiny settings while t
 climbs to 100 % and the face_id and validation renders appear; reloads the page and finds the
 finished training shown; picks a gallery template on the Inference tab, generates, and sees
 the result next to its template with a download; finds the new id on the Users tab. A
-screenshot of each tab goes to ``test-artifacts/``.
+screenshot of each tab goes to ``test-artifacts/``; the page logs no script error.
 
-Skipped (with the reason) only when /usr/bin/chromium or /usr/bin/chromedriver is missing
-(``apt-get install -y chromium chromium-driver``). Selenium never downloads a driver here:
-the driver path and the browser binary are given and ``SE_OFFLINE`` is set.
+Skipped (with the reason) only when /usr/bin/chromium or /usr/bin/chromedriver is missing.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
+from browser_helpers import (
+    ARTIFACTS,
+    MISSING_BROWSER,
+    browser_missing,
+    css,
+    css_all,
+    follow_job,
+    free_port,
+    js_errors,
+    open_tab,
+    progress,
+    screenshot,
+    stop,
+    text_of,
+    type_into,
+    wait_for,
+    wait_until_serving,
+)
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "biden.jpg")
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-    reason="browser test needs /usr/bin/chromium and /usr/bin/chromedriver "
-           "(apt-get install -y chromium chromium-driver)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+pytestmark = pytest.mark.skipif(browser_missing(), reason=MISSING_BROWSER)
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     """The real standalone app on a free loopback port; yields its URL."""
     base = tmp_path_factory.mktemp("app")
-    port = _free_port()
-    log = (base / "app.log").open("w")
+    port = free_port()
+    log_path = base / "app.log"
     command = [sys.executable, "-m", "easyphoto", "ui", "--port", str(port), "--data-dir",
                str(base / "data"), "--base", "tiny-random", "--face-backend", "lite"]
-    server = subprocess.Popen(command, cwd=base, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).close()
-                break
-            except OSError:
-                assert server.poll() is None, (base / "app.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the app did not start in 120 s"
-                time.sleep(0.3)
-        yield url
-    finally:
-        server.terminate()
+    with log_path.open("w") as log:
+        server = subprocess.Popen(command, cwd=base, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+        url = f"http://127.0.0.1:{port}"
         try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
-        log.close()
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(base / "app.log", ARTIFACTS / "browser-app.log")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must not fetch anything
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--no-first-run", "--window-size=1440,1800",
-                     f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-                     # nothing but the app: web fonts and the like fail at once, offline
-                     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)),
-                              options=options)
-    driver.implicitly_wait(0)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-# -- small page helpers ---------------------------------------------------------------------------
-def wait_for(check, timeout: float = 60, what: str = "", poll: float = 0.2):
-    """``check()``'s first truthy value within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except Exception:  # noqa: BLE001 — the page is still rendering
-            value = None
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(poll)
-
-
-def css(driver, selector: str):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
-def css_all(driver, selector: str) -> list:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def text_of(driver, elem_id: str) -> str:
-    return css(driver, f"#{elem_id}").text
-
-
-def type_into(driver, elem_id: str, text: str) -> None:
-    field = css(driver, f"#{elem_id} input, #{elem_id} textarea")
-    field.clear()
-    field.send_keys(text)
-
-
-def open_tab(driver, elem_id: str) -> None:
-    css(driver, f"#{elem_id}-button").click()
-
-
-def progress(driver, prefix: str) -> tuple[str, float, str]:
-    """The bar's status, percent and job id (read in one go: the bar is replaced as it moves)."""
-    status, percent, job = driver.execute_script(
-        "const bar = document.querySelector(arguments[0]);"
-        "return bar ? [bar.dataset.status, bar.dataset.percent, bar.dataset.job || ''] "
-        ": ['missing', '0', ''];", f"#easyphoto_{prefix}_progress .easyphoto-progress")
-    return status, float(percent), job
-
-
-def screenshot(driver, name: str) -> Path:
-    """The whole page (the window grows to the page's height for the shot)."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1440, max(900, min(int(height) + 40, 6000)))
-    path = ARTIFACTS / f"browser-{name}.png"
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1440, 1800)
-    return path
-
-
-def follow_job(driver, prefix: str, timeout: float) -> list[float]:
-    """Watch the tab's progress bar until the job has finished; the percentages seen."""
-    seen: list[float] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        status, percent, _ = progress(driver, prefix)
-        if not seen or seen[-1] != percent:
-            seen.append(percent)
-        if status in ("done", "failed", "cancelled"):
-            assert status == "done", text_of(driver, f"easyphoto_{prefix}_message")
-            return seen
-        assert time.monotonic() < deadline, f"{prefix} job still {status} at {percent} %"
-        time.sleep(0.1)
+            wait_until_serving(server, url + "/health", log_path)
+            yield url
+        finally:
+            stop(server)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copy(log_path, ARTIFACTS / "browser-app.log")
 
 
 # -- the walk-through ---------------------------------------------------------------------------
-def test_train_generate_and_list_in_a_browser(app, browser, photo):
+def test_train_generate_and_list_in_a_browser(browser, app, photo):
     driver = browser
     driver.get(app + "/")
     wait_for(lambda: css(driver, "#easyphoto_train_upload input[type=file]"), 60, "the page")
@@ -190,6 +77,8 @@ def test_train_generate_and_list_in_a_browser(app, browser, photo):
     assert "finished" in text_of(driver, "easyphoto_train_message")
     _generate(driver)
     _users(driver)
+    errors = js_errors(driver)
+    assert errors == [], "\n".join(errors)
 
 
 def _upload_and_check(driver, paths: list[str]) -> None:
@@ -226,7 +115,7 @@ def _train(driver) -> None:
 
 
 def _generate(driver) -> None:
-    open_tab(driver, "easyphoto_tab_infer")
+    open_tab(driver, "Inference")
     wait_for(lambda: css(driver, "#easyphoto_infer_user_1 input").get_attribute("value")
              == "obama", 30, "the trained id in the first face's dropdown")
     thumbs = wait_for(lambda: css_all(driver, "#easyphoto_infer_template_gallery img"), 30,
@@ -246,7 +135,7 @@ def _generate(driver) -> None:
 
 
 def _users(driver) -> None:
-    open_tab(driver, "easyphoto_tab_users")
+    open_tab(driver, "Users")
     wait_for(lambda: "obama" in text_of(driver, "easyphoto_users_table"), 30, "the users table")
     assert "tiny-random" in text_of(driver, "easyphoto_users_table")
     wait_for(lambda: css_all(driver, "#easyphoto_users_gallery img"), 30, "the face_id thumbnail")

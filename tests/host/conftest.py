@@ -18,7 +18,8 @@ from easyphoto.weights import HOST_FOLDERS_ENV
 def make_host(tmp_path, monkeypatch):
     from easyphoto.engine import webui_ext
 
-    monkeypatch.delenv(HOST_FOLDERS_ENV, raising=False)
+    monkeypatch.setenv(HOST_FOLDERS_ENV, "{}")  # recorded, so the runtime's value is undone
+    monkeypatch.delenv(HOST_FOLDERS_ENV)
     made = []
 
     def make(case: str = "a1111-1.10", **options):

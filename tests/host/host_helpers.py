@@ -8,7 +8,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class HostCase:
     webui: tuple[int, int]
     tag: str
     controlnet: str  # "dataclass" | "pydantic" | "forge"
-    cn_version: Optional[str] = None
+    cn_version: str | None = None
     forge: bool = False
 
 
@@ -42,7 +42,7 @@ FAMILY_KEYS = {
 }
 
 
-def write_checkpoint(path: Path, family: str, metadata: Optional[dict] = None) -> Path:
+def write_checkpoint(path: Path, family: str, metadata: dict | None = None) -> Path:
     """A tiny safetensors file with the tensor names of ``family`` (a few bytes each)."""
     from safetensors.numpy import save_file
 
@@ -106,7 +106,7 @@ class FakeHost:
         return sys.modules["cn_common"].MODELS
 
 
-def _config_text(case: HostCase, root: Path, models_dir: Optional[Path], cmd_opts: dict,
+def _config_text(case: HostCase, root: Path, models_dir: Path | None, cmd_opts: dict,
                  opts: dict, unit_key_new: bool) -> str:
     module = {"dataclass": "cn_dataclass", "pydantic": "cn_pydantic", "forge": "cn_forge"}
     return "\n".join([
@@ -136,8 +136,8 @@ def _runner(fake_scripts: Any, cn_module: Any, webui: tuple, slots: int) -> Any:
 
 
 def install(tmp_path: Path, monkeypatch: Any, case_name: str, *, unit_slots: int = 3,
-            cn_version: Optional[str] = None, cmd_opts: Optional[dict] = None,
-            opts: Optional[dict] = None, models_dir: Optional[Path] = None,
+            cn_version: str | None = None, cmd_opts: dict | None = None,
+            opts: dict | None = None, models_dir: Path | None = None,
             controlnet: bool = True) -> FakeHost:
     """Install the fake WebUI ``case_name`` for one test (undone by the fixture)."""
     from dataclasses import replace

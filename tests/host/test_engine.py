@@ -289,3 +289,22 @@ def test_small_controlnet_model_cache_warns_once(make_host, caplog):
 def test_tiny_random_is_refused(fake):
     with pytest.raises(InvalidRequest, match="tiny-random"):
         WebUIEngine(fake.host, HostGpuLock(fake.host), checkpoint="tiny-random")
+
+
+@pytest.mark.parametrize("saved, registered", [(5, True), (2, False)])
+def test_no_cache_warning_when_large_enough_or_not_controlnets(make_host, caplog, saved,
+                                                               registered):
+    fake = make_host("forge", opts={"control_net_model_cache_size": saved})
+    if not registered:
+        del fake.shared.opts.data_labels["control_net_model_cache_size"]
+    with caplog.at_level(logging.WARNING, logger="easyphoto.engine.webui_engine"):
+        run(fake)
+    assert not [r for r in caplog.records if "Model cache size" in r.getMessage()]
+
+
+def test_scripts_not_set_up_yet(make_host):
+    fake = make_host("a1111-1.10")
+    fake.scripts.scripts_img2img = None   # --nowebui before the API built its runners
+    with pytest.raises(ControlNetError, match="not set up its img2img/txt2img scripts"):
+        run(fake)
+    assert fake.calls == []

@@ -20,12 +20,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infer"))
 
-from infer_helpers import SpyEngine, crops_mask, face_crop, jpeg, shared_backend  # noqa: E402
+from infer_helpers import SpyEngine, crops_mask, face_crop, jpeg, shared_backend
 
-from easyphoto.engine.webui import HostGpuLock  # noqa: E402
-from easyphoto.engine.webui_engine import WebUIEngine  # noqa: E402
-from easyphoto.infer.controls import canny, color_layout  # noqa: E402
-from easyphoto.params import InferRequest  # noqa: E402
+from easyphoto.engine.webui import HostGpuLock
+from easyphoto.engine.webui_engine import WebUIEngine
+from easyphoto.infer.controls import canny, color_layout
+from easyphoto.params import InferRequest
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_metadata_orders_after_controlnet():
 
 def test_only_the_adapter_imports_host_symbols():
     host_import = re.compile(r"^\s*(from|import)\s+(modules|modules_forge|lib_controlnet)\b"
-                             r"|import_module\(f?[\"'](modules|modules_forge)\b", re.M)
+                             r"|import_module\(f?[\"'](modules|modules_forge)\b", re.MULTILINE)
     offenders = [str(path.relative_to(REPO)) for path in (REPO / "easyphoto").rglob("*.py")
                  if host_import.search(path.read_text(encoding="utf-8"))]
     assert offenders == ["easyphoto/engine/webui.py"]

@@ -53,13 +53,20 @@ def test_free_vram_16_unloads_and_reloads(make_host):
 def test_free_vram_17_plus_moves_the_model(make_host, case):
     fake = make_host(case)
     model = _load_model(fake)
-    with pytest.raises(RuntimeError, match="training failed"):
-        with webui.free_vram(fake.host):
-            assert model.device == "cpu" and fake.sd_models.model_data.sd_model is model
-            raise RuntimeError("training failed")
+    with pytest.raises(RuntimeError, match="training failed"), webui.free_vram(fake.host):
+        assert model.device == "cpu" and fake.sd_models.model_data.sd_model is model
+        raise RuntimeError("training failed")
     assert model.device == "cuda"   # restored even when training fails
     title = fake.checkpoints["sd15"].title
     assert fake.sd_models.events == [("to_cpu", title), ("to_device", title)]
+
+
+def test_service_frees_vram_while_training(make_host):
+    fake = make_host("a1111-1.10")
+    model = _load_model(fake)
+    with webui_ext.runtime(fake.host).service.training_guard():
+        assert model.device == "cpu"
+    assert model.device == "cuda"
 
 
 def test_free_vram_without_a_loaded_model_touches_nothing(make_host):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -125,16 +126,20 @@ def run_install(python: Path, root: Path, log: Path) -> Run:
 
 
 @pytest.fixture(scope="session")
-def webui_env(tmp_path_factory) -> WebuiEnv:
+def webui_env(tmp_path_factory):
+    """The layered environment after install.py ran twice in it (removed afterwards: ~1 GB)."""
     base = tmp_path_factory.mktemp("webui")
     root = base / "root"
     root.mkdir()
-    python = make_layer(base / "venv")
-    host_before = pip_freeze(Path(sys.executable))
-    before = pip_freeze(python)
-    log = base / "pip-calls.log"
-    runs = (run_install(python, root, log), run_install(python, root, log))
-    return WebuiEnv(python, root, before, host_before, runs)
+    try:
+        python = make_layer(base / "venv")
+        host_before = pip_freeze(Path(sys.executable))
+        before = pip_freeze(python)
+        log = base / "pip-calls.log"
+        runs = (run_install(python, root, log), run_install(python, root, log))
+        yield WebuiEnv(python, root, before, host_before, runs)
+    finally:
+        shutil.rmtree(base / "venv", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,6 @@ def check_scripts() -> dict:
     the WebUI would: tabs rendered into one page, settings added, routes added at app start."""
     import gradio as gr
     from fastapi import FastAPI
-
     from modules import script_callbacks, shared
 
     first = load_scripts()
@@ -77,11 +76,10 @@ def check_scripts() -> dict:
     load_scripts()
     registered = {kind: len(items) for kind, items in script_callbacks.registered.items()}
     tabs = [tab for _, callback in script_callbacks.registered["ui_tabs"] for tab in callback()]
-    with gr.Blocks() as demo:
-        with gr.Tabs():
-            for blocks, title, elem_id in tabs:
-                with gr.TabItem(title, id=elem_id):
-                    blocks.render()
+    with gr.Blocks() as demo, gr.Tabs():
+        for blocks, title, elem_id in tabs:
+            with gr.TabItem(title, id=elem_id):
+                blocks.render()
     for _, callback in script_callbacks.registered["ui_settings"]:
         callback()
     app = FastAPI()

@@ -11,13 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ui_helpers import run_event
-
-PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "biden.jpg")
-USER_ID = "obama"
-#: The tiny-random preset's quick settings (see tests/train/test_runner.py), typed into the UI
-#: the way a user would: "max train steps" is an optional number, so it is a text box.
-QUICK_TRAINING = {"max_train_steps": "3", "validation_steps": 2, "skin_retouch": False}
+from ui_helpers import PHOTOS, QUICK_TRAINING, USER_ID, run_event
 
 
 def pytest_configure(config):

@@ -15,6 +15,7 @@ import dataclasses
 import socket
 import threading
 import warnings
+from types import MappingProxyType
 
 import gradio as gr
 import pytest
@@ -24,7 +25,8 @@ from easyphoto.params import InferRequest, TrainRequest
 from easyphoto.ui import build_ui, fields
 from easyphoto.ui.compat import dependencies, event_options, file_path, file_paths
 
-SPECIAL = {TrainRequest: ("train", {"user_id"}), InferRequest: ("infer", {"user_ids"})}
+SPECIAL = MappingProxyType({TrainRequest: ("train", frozenset({"user_id"})),
+                            InferRequest: ("infer", frozenset({"user_ids"}))})
 
 
 def test_tabs_and_wiring(ui):

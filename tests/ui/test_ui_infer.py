@@ -12,17 +12,16 @@ shows the latest generation.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 
 import pytest
-from conftest import USER_ID
 from PIL import Image
-from ui_helpers import run_event
+from ui_helpers import USER_ID, run_event
 
 GEN = ("easyphoto_infer_generate", "click")
 #: Fast settings for the tiny-random models (the pipeline still runs every stage).
-QUICK = {"first_diffusion_steps": 2, "second_diffusion_steps": 2, "seed": 7,
-         "display_score": True}
+QUICK = MappingProxyType({"first_diffusion_steps": 2, "second_diffusion_steps": 2, "seed": 7,
+                          "display_score": True})
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +67,7 @@ def test_generate_on_a_gallery_template(ui, template, generated):
     [(shown, caption)] = last["results"]
     assert shown == path and caption.startswith(Path(template[0]).name)
     assert USER_ID in last["detail"] and "similarity" in last["detail"]
+    assert "Display score" not in last["detail"]  # asked for: no hint, the notes say why
     assert last["errors"] == ""
     item = run_event(ui.blocks, "easyphoto_infer_results", "select", items=last["items"],
                      event=SimpleNamespace(index=0))

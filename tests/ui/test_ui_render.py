@@ -45,8 +45,9 @@ def test_captions_and_tables_escape_and_score():
         {"index": 0, "user_id": "alice", "status": "done", "score": 0.61234},
         {"index": 1, "user_id": "bob", "status": "done", "score": None}]}
     assert render.result_caption(result) == "t.png #2 · alice 0.61"
-    detail = render.result_detail(result)
-    assert "0.612" in detail and "—" in detail
+    detail = render.result_detail(result, scored=True)
+    assert "0.612" in detail and "—" in detail and "Display score" not in detail
+    assert "Display score" in render.result_detail(result, scored=False)
     errors = render.template_errors([{"template": "x<.png", "error": "no face"}])
     assert "x&lt;.png" in errors and "no face" in errors
     assert render.template_errors([]) == ""

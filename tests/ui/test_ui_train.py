@@ -17,8 +17,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import QUICK_TRAINING, USER_ID
-from ui_helpers import run_event, stream_event
+from ui_helpers import QUICK_TRAINING, USER_ID, run_event, stream_event
 
 PERCENT = re.compile(r'data-percent="([0-9.]+)"')
 
@@ -97,7 +96,7 @@ def test_training_is_followed_to_the_end(ui, trained):
     assert Path(last["face_id"]).is_file()
     assert last["renders"] and all(Path(path).is_file() for path, _ in last["renders"])
     assert {caption for _, caption in last["renders"]} == {"step 2 · no face", "step 3 · no face"}
-    assert "“obama” is trained" in last["user_id_msg"]
+    assert "“obama” is ready" in last["user_id_msg"]
     assert "checkpoint-3.safetensors" in last["summary"]  # the fused (here: final) checkpoint
     user = next(u for u in ui.service.users() if u["user_id"] == USER_ID)
     assert user["status"] == "ready"

@@ -12,8 +12,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from conftest import USER_ID
-from ui_helpers import run_event
+from ui_helpers import USER_ID, run_event
 
 REFRESH = ("easyphoto_users_refresh", "click")
 

@@ -14,11 +14,20 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Iterator
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
 
 from easyphoto.ui.compat import Dependency, dependencies
+
+#: The photos, user id and quick settings of the one training the UI tests share.
+PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "biden.jpg")
+USER_ID = "obama"
+#: The tiny-random preset's quick settings (see tests/train/test_runner.py), typed into the UI
+#: the way a user would: "max train steps" is an optional number, so it is a text box.
+QUICK_TRAINING = MappingProxyType({"max_train_steps": "3", "validation_steps": 2,
+                                   "skin_retouch": False})
 
 LAYOUTS = ("Blocks", "Row", "Column", "Tabs", "Tab", "TabItem", "Accordion", "Form", "Group",
            "Box")

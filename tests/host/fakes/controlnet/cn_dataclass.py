@@ -2,7 +2,7 @@
 (``enabled`` defaults to True; unknown keyword arguments raise TypeError)."""
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import fake_host_config as C
 from cn_common import MODELS, ResizeMode, refreshes, resize_mode_from_value  # noqa: F401
@@ -11,11 +11,11 @@ from cn_common import MODELS, ResizeMode, refreshes, resize_mode_from_value  # n
 @dataclass
 class ControlNetUnit:
     enabled: bool = True
-    module: Optional[str] = None
-    model: Optional[str] = None
+    module: str | None = None
+    model: str | None = None
     weight: float = 1.0
-    image: Optional[Any] = None
-    resize_mode: Union[ResizeMode, int, str] = ResizeMode.INNER_FIT
+    image: Any | None = None
+    resize_mode: ResizeMode | int | str = ResizeMode.INNER_FIT
     low_vram: bool = False
     processor_res: int = -1
     threshold_a: float = -1
@@ -23,7 +23,7 @@ class ControlNetUnit:
     guidance_start: float = 0.0
     guidance_end: float = 1.0
     pixel_perfect: bool = False
-    control_mode: Union[int, str] = "Balanced"
+    control_mode: int | str = "Balanced"
     save_detected_map: bool = True
 
 

@@ -2,7 +2,7 @@
 model — ``enabled`` defaults to False, ``resize_mode`` is converted from its string value,
 module / model / weight / guidance are validated at construction, extra fields are ignored."""
 
-from typing import Any, Optional
+from typing import Any
 
 from cn_common import MODELS, MODULES, ResizeMode, refreshes, resize_mode_from_value  # noqa: F401
 from pydantic.v1 import BaseModel, Field, root_validator, validator
@@ -17,7 +17,7 @@ class ControlNetUnit(BaseModel):
     module: str = "none"
     model: str = "None"
     weight: float = Field(1.0, ge=0.0, le=2.0)
-    image: Optional[Any] = None
+    image: Any | None = None
     resize_mode: ResizeMode = ResizeMode.INNER_FIT
     low_vram: bool = False
     processor_res: int = -1

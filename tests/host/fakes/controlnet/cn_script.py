@@ -11,7 +11,6 @@ import types
 
 import fake_host_config as C
 import numpy as np
-
 from modules import scripts
 
 external_code = importlib.import_module(C.CONTROLNET_MODULE)

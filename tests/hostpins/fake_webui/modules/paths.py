@@ -1,5 +1,9 @@
 """``modules.paths`` of the fake WebUI: the same folders as ``paths_internal``."""
 
-from modules.paths_internal import (  # noqa: F401
-    data_path, default_output_dir, extensions_builtin_dir, extensions_dir, models_path, script_path,
-)
+from modules import paths_internal
+
+script_path = paths_internal.script_path
+data_path = paths_internal.data_path
+models_path = paths_internal.models_path
+extensions_dir = paths_internal.extensions_dir
+extensions_builtin_dir = paths_internal.extensions_builtin_dir

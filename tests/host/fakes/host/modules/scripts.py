@@ -45,7 +45,7 @@ class ScriptRunner:
                 continue
             try:
                 getattr(script, method)(p, *p.script_args[script.args_from:script.args_to])
-            except Exception as error:  # the host reports and goes on
+            except Exception as error:  # noqa: BLE001 (the host reports and goes on)
                 errors.append((script.title(), method, repr(error)))
 
     def setup_scrips(self, p, *, is_ui=True):

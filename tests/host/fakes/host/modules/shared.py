@@ -5,7 +5,7 @@ import argparse
 import fake_host_config as C
 
 from modules import call_queue, options
-from modules.options import OptionInfo  # noqa: F401 (extensions use shared.OptionInfo)
+from modules.options import OptionInfo
 
 
 class State:
