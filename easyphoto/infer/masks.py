@@ -120,11 +120,17 @@ class SecondDiffusionMask:
     lips: np.ndarray
 
 
+def scaled_px(value: int, scale: float) -> int:
+    """A SPEC pixel constant (meant at the 512 working size) at ``scale`` × 512 (≥ 1)."""
+    return max(1, int(round(value * scale)))
+
+
 def second_diffusion_mask_parts(image: np.ndarray, face: Face, backend: Any,
-                                mouth: bool = True) -> SecondDiffusionMask:
+                                mouth: bool = True, scale: float = 1.0) -> SecondDiffusionMask:
     """The second diffusion's mask with its parts (see :func:`second_diffusion_mask`)."""
     face_mask = face_parts_mask(image, face, backend, FIRST_PARTS)
-    ring = cv2.subtract(dilate(face_mask, RING_OUTER), erode(face_mask, RING_INNER))
+    ring = cv2.subtract(dilate(face_mask, scaled_px(RING_OUTER, scale)),
+                        erode(face_mask, scaled_px(RING_INNER, scale)))
     eyes = face_parts_mask(image, face, backend, ("eyes",))
     lips = face_parts_mask(image, face, backend, ("lips",))
     mask = cv2.bitwise_or(ring, cv2.bitwise_or(eyes, lips)) if mouth else ring.copy()
@@ -132,16 +138,17 @@ def second_diffusion_mask_parts(image: np.ndarray, face: Face, backend: Any,
 
 
 def second_diffusion_mask(image: np.ndarray, face: Face, backend: Any,
-                          mouth: bool = True) -> np.ndarray:
+                          mouth: bool = True, scale: float = 1.0) -> np.ndarray:
     """SPEC 2.7.3 inpainting mask, ``(H, W)`` uint8 0/255: the face border ring
     ``dilate(face, 32) − erode(face, 16)`` (face = ``FIRST_PARTS``), ∪ eyes ∪ lips when
-    ``mouth`` (the "mouth mask" option, default on)."""
-    return second_diffusion_mask_parts(image, face, backend, mouth).mask
+    ``mouth`` (the "mouth mask" option, default on). ``scale`` = working short side / 512
+    (the ring widths are pixels at 512)."""
+    return second_diffusion_mask_parts(image, face, backend, mouth, scale).mask
 
 
 def fusion_blend_mask(template: np.ndarray, fused: np.ndarray, face_t: Face, face_f: Face,
                       backend: Any, ratio: float, parts: Sequence[str] = FUSION_BEFORE, *,
-                      blur: bool = True) -> np.ndarray:
+                      blur: bool = True, scale: float = 1.0) -> np.ndarray:
     """SPEC 2.5 weight of the fused image, ``(H, W)`` float32 in [0, 1].
 
     ``(parts of template ∧ parts of fused)`` dilated 8 then eroded 16, times ``ratio``; the
@@ -153,6 +160,7 @@ def fusion_blend_mask(template: np.ndarray, fused: np.ndarray, face_t: Face, fac
         face_t, face_f: the face in each (often the same detection).
         ratio: fusion strength 0..1 (SPEC 2.1: 0.5 before and after).
         parts: ``FUSION_BEFORE`` or ``FUSION_AFTER``.
+        scale: working short side / 512 (the 8 / 16 / 8 px are meant at 512).
     """
     template, fused = _check_image(template, "template"), _check_image(fused, "fused")
     if template.shape != fused.shape:
@@ -161,11 +169,11 @@ def fusion_blend_mask(template: np.ndarray, fused: np.ndarray, face_t: Face, fac
         raise InvalidRequest(f"face fusion ratio must be within 0..1, got {ratio}")
     both = cv2.bitwise_and(face_parts_mask(template, face_t, backend, parts),
                            face_parts_mask(fused, face_f, backend, parts))
-    core = erode(dilate(both, FUSION_DILATE), FUSION_ERODE)
+    core = erode(dilate(both, scaled_px(FUSION_DILATE, scale)), scaled_px(FUSION_ERODE, scale))
     weight = np.where(core > 0, np.float32(ratio), np.float32(0.0)).astype(np.float32)
     weight[face_parts_mask(fused, face_f, backend, ("eyes",)) > 0] = 1.0
     weight[face_parts_mask(template, face_t, backend, ("lips",)) > 0] = 0.0
-    return box_blur(weight, FUSION_BLUR) if blur else weight
+    return box_blur(weight, scaled_px(FUSION_BLUR, scale)) if blur else weight
 
 
 def blend(input: np.ndarray, fused: np.ndarray, mask_float: np.ndarray) -> np.ndarray:

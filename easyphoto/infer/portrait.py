@@ -33,7 +33,7 @@ from ..face.types import Box, Face
 from ..images import load_rgb_array
 from ..params import TINY_RANDOM, InferRequest
 from ..progress import CancelToken
-from .colour_shift import colour_shift
+from .colour_shift import SHIFT_BLUR, colour_shift
 from .controls import canny, color_layout, openpose, tile
 from .masks import (
     FUSION_AFTER,
@@ -331,7 +331,8 @@ class Portrait:
         except FaceNotFound as exc:
             self._note(f"face fusion {label} skipped for {self.user.user_id}: {exc}")
             return image
-        mask = fusion_blend_mask(image, fused, face, face, self.backend, ratio, parts)
+        mask = fusion_blend_mask(image, fused, face, face, self.backend, ratio, parts,
+                                 scale=self.size.scale)
         return blend(image, fused, mask)
 
     def fusion_before(self, image: np.ndarray, face: Face) -> np.ndarray:
@@ -360,7 +361,8 @@ class Portrait:
     def colour_shift_first(self, image: np.ndarray, reference: np.ndarray,
                            face: Face) -> np.ndarray:
         """SPEC 2.7.1: LAB shift of the face toward the original crop (parts incl. mouth)."""
-        return colour_shift(image, reference, face, self.backend, SHIFT_FIRST)
+        return colour_shift(image, reference, face, self.backend, SHIFT_FIRST,
+                            blur=self.size.px(SHIFT_BLUR))
 
     def fusion_after(self, image: np.ndarray, face: Face) -> np.ndarray:
         """SPEC 2.7.2: fusion as 2.5 on the first-diffusion output, the "after" ratio."""
@@ -370,7 +372,8 @@ class Portrait:
     def second_diffusion(self, image: np.ndarray, face: Face) -> np.ndarray:
         """SPEC 2.7.3: inpaint ring ∪ eyes ∪ lips with canny(fused) + tile(fused)."""
         r = self.request
-        mask = second_diffusion_mask(image, face, self.backend, mouth=r.mouth_mask)
+        mask = second_diffusion_mask(image, face, self.backend, mouth=r.mouth_mask,
+                                     scale=self.size.scale)
         if self.keep:
             self.result.intermediates["second_mask"] = mask
         units = [("canny", canny(image), r.second_canny_weight),
@@ -381,7 +384,8 @@ class Portrait:
     def colour_shift_last(self, image: np.ndarray, reference: np.ndarray,
                           face: Face) -> np.ndarray:
         """SPEC 2.7.4: as colour shift first, parts skin, brows, eyes, nose."""
-        return colour_shift(image, reference, face, self.backend, SHIFT_LAST)
+        return colour_shift(image, reference, face, self.backend, SHIFT_LAST,
+                            blur=self.size.px(SHIFT_BLUR))
 
     def paste_back(self, template: np.ndarray, crop: Crop, image: np.ndarray) -> np.ndarray:
         """SPEC 2.7.5: the crop back at its ``box×3`` size into the template (changed px only)."""

@@ -122,12 +122,16 @@ def _disc(radius: int) -> np.ndarray:
 
 def _ring_eyes_lips(image, face, backend):
     """SPEC 2.7.3 from the backend's raw part masks: dilate 32 − erode 16 of the face ∪ eyes ∪
-    lips (face = skin, brows, eyes, nose, mouth, lips)."""
+    lips (face = skin, brows, eyes, nose, mouth, lips); the widths are pixels at a 512 working
+    size, scaled to the crop's short side (64 with the tiny models: 4 and 2 px)."""
+    scale = min(image.shape[:2]) / 512.0
+    outer, inner = max(1, round(32 * scale)), max(1, round(16 * scale))
+
     def part(*names):
         return np.where(backend.part_masks(image, face, names) > 127, 255, 0).astype(np.uint8)
 
     face_mask = part("skin", "brows", "eyes", "nose", "mouth", "lips")
-    ring = (cv2.dilate(face_mask, _disc(32)) > 0) & ~(cv2.erode(face_mask, _disc(16)) > 0)
+    ring = (cv2.dilate(face_mask, _disc(outer)) > 0) & ~(cv2.erode(face_mask, _disc(inner)) > 0)
     return ring, (part("eyes") > 0) | (part("lips") > 0)
 
 
