@@ -3,7 +3,8 @@
 Hooks for the WebUI host (all optional): ``engine_factory(base_model)`` → the WebUI engine;
 ``gpu_lock`` → the host's queue lock; ``on_lora_ready(record)`` → put a finished LoRA into the
 host's Lora folder; ``training_guard()`` → a context manager that frees the host model's VRAM
-for the duration of a training and restores it after.
+for the duration of a training and restores it after; ``train_base()`` → the checkpoint file a
+training uses when the request names none (the host's selected checkpoint).
 
 It owns the user store, the job runner, the template gallery and — lazily, in the job worker —
 the diffusion engine and the face backends, so both front-ends share models and one GPU queue.
@@ -61,7 +62,8 @@ class Service:
     def __init__(self, config: ServiceConfig, *, engine_factory: Optional[Callable] = None,
                  gpu_lock: Optional[ContextManager] = None,
                  on_lora_ready: Optional[Callable[[UserRecord], None]] = None,
-                 training_guard: Optional[Callable[[], ContextManager]] = None):
+                 training_guard: Optional[Callable[[], ContextManager]] = None,
+                 train_base: Optional[Callable[[], Any]] = None):
         from .paths import models_root
 
         self.config = replace(config, data_dir=Path(config.data_dir),
@@ -71,6 +73,7 @@ class Service:
         self.engine_factory = engine_factory or self._diffusers_engine
         self.on_lora_ready = on_lora_ready
         self.training_guard = training_guard or contextlib.nullcontext
+        self.train_base = train_base
         self._models_lock = threading.Lock()
         self._engine: Optional[tuple[str, Any]] = None
         self._backends: dict[str, Any] = {}
@@ -285,7 +288,10 @@ class Service:
     def _with_defaults(self, request):
         """Fill the base model and face backend the request leaves open from the config."""
         changes = {}
-        if not request.base_model and self.config.base_model:
+        if not request.base_model and self.train_base is not None and \
+                isinstance(request, TrainRequest):
+            changes["base_model"] = str(self.train_base())
+        elif not request.base_model and self.config.base_model:
             changes["base_model"] = self.config.base_model
         if request.face_backend == "auto" and self.config.face_backend != "auto":
             changes["face_backend"] = self.config.face_backend

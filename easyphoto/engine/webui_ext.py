@@ -125,7 +125,8 @@ def runtime(host: Host) -> Runtime:
                            face_backend=str(setting(host, "easyphoto_face_backend")))
     service = Service(config, engine_factory=functools.partial(make_engine, host, lock),
                       gpu_lock=lock, on_lora_ready=functools.partial(lora_ready, host),
-                      training_guard=functools.partial(free_vram, host))
+                      training_guard=functools.partial(free_vram, host),
+                      train_base=functools.partial(training_base_model, host))
     logger.info("EasyPhoto: data in %s, models in %s and the WebUI's folders", config.data_dir,
                 config.models_dir)
     return Runtime(host, lock, service)

@@ -69,6 +69,20 @@ def test_service_frees_vram_while_training(make_host):
     assert model.device == "cuda"
 
 
+def test_training_without_a_base_uses_the_hosts_selected_checkpoint(make_host):
+    from easyphoto.params import InferRequest, TrainRequest
+
+    fake = make_host("a1111-1.10")
+    service = webui_ext.runtime(fake.host).service
+    chosen = service._with_defaults(TrainRequest(user_id="ann"))
+    assert chosen.base_model == str(Path(fake.checkpoints["sd15"].filename))
+    named = service._with_defaults(TrainRequest(user_id="ann", base_model="/x/other.safetensors"))
+    assert named.base_model == "/x/other.safetensors"
+    # inference leaves it empty: the WebUI engine then uses the host's current checkpoint
+    assert service._with_defaults(InferRequest(user_ids=["ann"])).base_model == ""
+    assert fake.sd_models.model_data.sd_model is None   # nothing was loaded
+
+
 def test_free_vram_without_a_loaded_model_touches_nothing(make_host):
     fake = make_host("a1111-1.10")
     with webui.free_vram(fake.host):

@@ -160,3 +160,31 @@ def test_request_fields_cover_both_dataclasses():
     for request_cls, (_, special) in SPECIAL.items():
         names = {f.name for f in dataclasses.fields(request_cls)}
         assert special <= names
+
+
+def test_handler_failures_become_messages():
+    """A user-facing error shows its sentence, a bug an "unexpected error" line (logged), in
+    the event's message output; an event without one raises gr.Error (a toast)."""
+    from easyphoto.errors import UserNotFound
+    from easyphoto.ui.slots import Slots, make_fn
+
+    with gr.Blocks():
+        box, message = gr.Textbox(), gr.HTML()
+
+    def fails(values):
+        raise values["box"]
+
+    def fails_later(values):
+        yield {"box": "started"}
+        raise RuntimeError("disk on fire")
+
+    fn = make_fn(fails, Slots(box=box), Slots(box=box, message=message))
+    kept, shown = fn(UserNotFound("user id 'x' does not exist"))
+    assert kept == {"__type__": "update"} and "user id 'x' does not exist" in shown
+    assert "easyphoto-error" in shown
+    _, shown = fn(RuntimeError("boom"))
+    assert "Unexpected error (RuntimeError: boom)" in shown
+    steps = list(make_fn(fails_later, Slots(box=box), Slots(box=box, message=message))("x"))
+    assert steps[0][0] == "started" and "disk on fire" in steps[1][1]
+    with pytest.raises(gr.Error, match="does not exist"):
+        make_fn(fails, Slots(box=box), Slots(box=box))(UserNotFound("user id 'x' does not exist"))

@@ -65,6 +65,13 @@ def test_unreadable_upload_is_flagged_not_raised(ui, tmp_path):
     assert "broken.jpg" in out["verdicts"] and 'data-verdict="unreadable"' in out["verdicts"]
 
 
+def test_too_many_photos_is_a_message(ui):
+    many = [f"/nowhere/photo{n}.jpg" for n in range(41)]
+    out = run_event(ui.blocks, "easyphoto_train_upload", "upload", photos=[], upload=many)
+    assert "41 photos: at most 40" in out["photo_message"]
+    assert "photos" not in out  # the list is left as it was
+
+
 def _user_id_message(ui, user_id, overwrite=False):
     return run_event(ui.blocks, "easyphoto_train_user_id", "change", user_id=user_id,
                      overwrite=overwrite)["user_id_msg"]
