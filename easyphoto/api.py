@@ -119,6 +119,8 @@ def job_payload(service: Any, job_id: str, images: bool = False) -> dict:
         if images:
             item["image"] = encode_file(Path(item["file"]))
         item.pop("file", None)
+    for item in result.get("results", []) + result.get("errors", []):
+        item.pop("template_file", None)  # server paths stay on the server
     return data
 
 

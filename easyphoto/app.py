@@ -85,12 +85,12 @@ def create_app(service: Any, auth: Sequence[tuple[str, str]] = (), token: Option
     if with_ui:
         import gradio as gr
 
-        from .ui import build_ui
+        from .ui import allowed_paths, build_ui
 
         blocks = build_ui(service).queue()
         login = ui_login(auth, token) if (auth or token) else None
-        app = gr.mount_gradio_app(app, blocks, path="/", auth=login,
-                                  max_file_size=MAX_UPLOAD)
+        app = gr.mount_gradio_app(app, blocks, path="/", auth=login, max_file_size=MAX_UPLOAD,
+                                  allowed_paths=allowed_paths(service))
     return app
 
 

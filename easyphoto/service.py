@@ -230,19 +230,29 @@ class Service:
                                 spans=INFER_SPANS, request=request.to_dict(), job_id=job_id)
 
     def _infer(self, ctx: JobContext, request: InferRequest, templates: list, choices) -> dict:
+        from PIL import Image
+
         from .infer.batch import BatchOptions, load_template, run_batch
         from .weights import ModelStore
 
         engine = self.engine(request.base_model)
         sources = [_named(item, name) for item, name in templates]
+        files = {name: str(item) for item, name in templates if isinstance(item, Path)}
         if choices is not None:
-            sources.append(load_template(self._text_template(ctx, engine, request, choices),
-                                         "text template"))
+            image = self._text_template(ctx, engine, request, choices)
+            path = ctx.workdir / "templates" / "text-template.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+            sources.append(load_template(image, "text template"))
+            files["text template"] = str(path)
         batch = run_batch(sources, request, engine=engine,
                           backend=self.face_backend(request.face_backend), store=self.store,
                           options=BatchOptions(models=ModelStore(self.config.models_dir)),
                           progress=ctx.progress, cancel=ctx.cancel)
-        return save_batch(batch, ctx.workdir / "out")
+        saved = save_batch(batch, ctx.workdir / "out")
+        for item in saved["results"] + saved["errors"]:  # the "before" image of each result
+            item["template_file"] = files.get(item.get("template"))
+        return saved
 
     def _text_template(self, ctx: JobContext, engine: Any, request: InferRequest, choices):
         from .infer.prompts import text_to_template

@@ -145,15 +145,16 @@ class InferHandlers:
         if view.status != DONE or not view.result:
             return shown
         known = {**self._gallery_sources(), **(sources or {})}
-        items = [{"before": known.get(r.get("template")), "after": r.get("file"),
+        items = [{"before": r.get("template_file") or known.get(r.get("template")),
+                  "after": r.get("file"),
                   "caption": render.result_caption(r),
                   "detail": render.result_detail(r, bool(view.request.get("display_score")))}
                  for r in view.result.get("results", []) if r.get("file")]
         errors = view.result.get("errors", [])
-        items += [{"before": known[e.get("template")], "after": None,
+        items += [{"before": e.get("template_file") or known[e.get("template")], "after": None,
                    "caption": f"✗ {e.get('template')}: {e.get('error')}",
                    "detail": render.message(str(e.get("error")), ok=False)}
-                  for e in errors if e.get("template") in known]
+                  for e in errors if e.get("template_file") or e.get("template") in known]
         first = items[0] if items else {}
         shown.update(results=[(i["after"] or i["before"], i["caption"]) for i in items],
                      items=items, files=[i["after"] for i in items if i["after"]] or None,
