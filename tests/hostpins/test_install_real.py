@@ -46,8 +46,8 @@ def test_second_run_installs_nothing_and_never_calls_pip(webui_env):
 
 def test_webui_own_packages_are_unchanged(webui_env):
     """gradio, fastapi, pydantic, torch, transformers, numpy, accelerate, safetensors and the
-    other pins of host-pins.txt but protobuf (see the next test): same versions before/after."""
-    names = set(WEBUI_OWN) | set(read_pins()) - {"protobuf"}
+    other pins of host-pins.txt (protobuf included): same versions before/after."""
+    names = set(WEBUI_OWN) | set(read_pins())
     before = pinned_lines(webui_env.freeze_before, names)
     after = pinned_lines(webui_env.freeze(), names)
     assert len(before) == len(names), before
@@ -63,12 +63,6 @@ def test_host_environment_itself_is_untouched(webui_env):
                                                            lineterm=""))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known conflict: WebUI 1.8+ pins protobuf==3.20.0 (and restores it at its next start), "
-    "while mediapipe 0.10.21 needs protobuf>=4.25.3,<5 (onnxruntime >=1.20 needs >=4.25.8); "
-    "install.py does not hold protobuf, so pip upgrades it. Remove this marker once the "
-    "requirements resolve without moving protobuf (e.g. mediapipe>=0.10.11,<=0.10.21 with "
-    "protobuf held)."))
 def test_protobuf_pin_is_kept(webui_env):
     names = {"protobuf"}
     assert pinned_lines(webui_env.freeze_before, names) == pinned_lines(webui_env.freeze(), names)
