@@ -49,3 +49,14 @@ def latest(service: Any, kind: str) -> JobView | None:
     """The newest job of ``kind`` (or ``None``)."""
     views = service.jobs.list(limit=1, kind=kind)
     return views[0] if views else None
+
+
+def cancel_job(service: Any, job_id: Any, idle_message: str) -> dict:
+    """Cancel the job a tab follows; ``{"message": ...}`` for the tab (``idle_message`` when
+    there is none)."""
+    from . import render
+
+    if not job_id:
+        return {"message": render.message(idle_message, ok=None)}
+    view = service.cancel(job_id)
+    return {"message": render.message(f"{view.title}: {view.message or view.status}.", ok=None)}

@@ -24,7 +24,7 @@ from ..jobs import DONE, JobView
 from ..params import MAX_PEOPLE, NO_USER, InferRequest
 from ..service import INFER
 from . import compat, fields, render
-from .follow import POLL_S, follow, latest
+from .follow import POLL_S, cancel_job, follow, latest
 
 USER_SLOTS = tuple(f"user_{number}" for number in range(1, MAX_PEOPLE + 1))
 TEXT_FIELDS = tuple(f.name for f in dataclasses.fields(TemplateChoices))
@@ -171,12 +171,7 @@ class InferHandlers:
         return {"before": item["before"], "after": item["after"], "detail": item["detail"]}
 
     def cancel(self, values: dict) -> dict:
-        job_id = values.get("job")
-        if not job_id:
-            return {"message": render.message("No generation is running.", ok=None)}
-        view = self.service.cancel(job_id)
-        return {"message": render.message(f"{view.title}: {view.message or view.status}.",
-                                          ok=None)}
+        return cancel_job(self.service, values.get("job"), "No generation is running.")
 
     def restore(self, values: dict) -> Iterator[dict]:
         """After a page load (or "Refresh status"): the latest generation, followed while it

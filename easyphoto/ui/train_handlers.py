@@ -19,7 +19,7 @@ from ..params import TrainRequest
 from ..service import MAX_PHOTOS_UPLOAD, TRAIN
 from ..store import validate_user_id
 from . import compat, fields, render
-from .follow import POLL_S, follow, latest
+from .follow import POLL_S, cancel_job, follow, latest
 
 
 def _no_photos() -> dict:
@@ -149,12 +149,7 @@ class TrainHandlers:
         yield from follow(self.service, job_id, self.show, self.poll_s)
 
     def cancel(self, values: dict) -> dict:
-        job_id = values.get("job")
-        if not job_id:
-            return {"message": render.message("No training is running.", ok=None)}
-        view = self.service.cancel(job_id)
-        return {"message": render.message(f"{view.title}: {view.message or view.status}.",
-                                          ok=None)}
+        return cancel_job(self.service, values.get("job"), "No training is running.")
 
     def restore(self, values: dict) -> Iterator[dict]:
         """After a page load (or "Refresh status"): the latest training, followed while it
