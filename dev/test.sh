@@ -12,8 +12,9 @@ bash dev/setup.sh test
 if [ "$#" -gt 0 ]; then
     exec .venv/bin/python -m pytest -q "$@"
 fi
+# the host-pins venv first: the main suite's gradio 3.41 browser test serves the UI from it
+bash dev/host_env.sh
 status=0
 .venv/bin/python -m pytest -q || status=$?
-bash dev/host_env.sh
 .venv-host/bin/python -m pytest -q tests/hostpins || { [ "$status" -ne 0 ] || status=$?; }
 exit "$status"
