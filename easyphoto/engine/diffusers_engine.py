@@ -59,7 +59,7 @@ from .checks import (  # noqa: F401 (check_units, check_generation: re-exported)
     finite,
     inpaint_mask,
 )
-from .denoise import Speedups, run_inpaint, supports
+from .denoise import LoopAids, PromptCache, Speedups, run_inpaint, supports
 from .models import (
     FAMILIES,
     LORA_CACHE_LIMIT,
@@ -166,8 +166,8 @@ class DiffusersEngine:
     present. ``dtype``: torch dtype or ``"fp16"`` / ``"bf16"`` / ``"fp32"`` (default fp16 on
     CUDA, fp32 on the CPU). ``offload``: keep modules on the CPU between uses (CUDA only).
     ``lora_cache_size``: LoRA adapters kept resident per base model. ``speedups``: which
-    speed-ups run (:class:`~easyphoto.engine.denoise.Speedups`; default all but the
-    channels-last layout and parallel ControlNets; ``Speedups.off()``: the plain pipeline).
+    speed-ups run (:class:`~easyphoto.engine.denoise.Speedups`; default all;
+    ``Speedups.off()``: the plain pipeline).
 
     After each call ``timings`` holds seconds per phase (``models``, ``loras``, ``prepare``,
     ``diffusion``, ``decode`` or ``composite``, ``total``) and ``last_call`` the seed used, the
@@ -196,6 +196,7 @@ class DiffusersEngine:
         self.last_call: dict = {}
         self._lock = threading.RLock()
         self.graphs = StepGraphs(parallel=self.speedups.parallel_controlnets)
+        self.prompts = PromptCache()
         self._laid_out: weakref.WeakSet = weakref.WeakSet()  # modules made channels-last
 
     # ---- protocol -------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class DiffusersEngine:
         """Drop every resident model and adapter; free the CUDA cache."""
         with self._lock:
             self.graphs.clear()
+            self.prompts.clear()
             self.models.release()
             gc.collect()
             if torch.cuda.is_available():
@@ -292,17 +294,18 @@ class DiffusersEngine:
             images = pipe(**kwargs).images
             clock.lap("diffusion")
             return images, {"own_loop": False, "graphed": False}
-        nets = list(pipe.controlnet.nets)
-        self._lay_out([pipe.unet, *nets])
+        self._lay_out([pipe.unet, *pipe.controlnet.nets])  # (the VAE decodes slower so)
         cuda = self.device.type == "cuda" and self.speedups.cuda_graphs
         captures = self.graphs.captures
-        images = run_inpaint(pipe, kwargs, self.graphs if cuda else None,
-                             models.loras.step_token(), clock.lap)
+        aids = LoopAids(self.graphs if cuda else None, models.loras.step_token(), self.prompts,
+                        models.loras.state_key(), clock.lap)
+        images = run_inpaint(pipe, kwargs, aids)
         return images, {"own_loop": True, "graphed": cuda and self.graphs.last_graphed,
                         "captured": self.graphs.captures - captures}
 
     def _lay_out(self, modules: list) -> None:
-        """Channels-last weights for ``modules`` (once each; graphs made before are dropped)."""
+        """Channels-last weights for ``modules`` (once each; graphs made before are dropped;
+        a module stays channels-last when the speed-up is switched off later)."""
         if not self.speedups.channels_last or self.device.type != "cuda":
             return
         todo = [module for module in modules if module not in self._laid_out]

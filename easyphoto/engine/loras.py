@@ -136,6 +136,11 @@ class LoraAdapters:
         unfused = self._enabled and self._fused is None and self._active is not None
         return (self._serial, len(self._adapters), self._active if unfused else None)
 
+    def state_key(self) -> tuple:
+        """Everything that decides the adapted modules' outputs (cached prompt embeddings are
+        keyed by it): loaded adapters, switched on or off, the active pairs, fused or not."""
+        return (self._serial, self._enabled, self._active, self._fused)
+
     def apply(self, pipe, loras: Sequence[LoraRef]) -> dict[str, float]:
         """Make exactly ``loras`` active on ``pipe``'s modules, at their weights.
 
