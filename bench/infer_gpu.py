@@ -26,6 +26,7 @@ colour shift) is the same code for both, so only the diffusion call sequence dif
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ WORK = Path("/tmp/easyphoto-infer-bench")
 #: torch.compile mode of the "ours-compiled" experiment ("reduce-overhead" = CUDA graphs:
 #: fails with diffusers ControlNet residuals overwritten between graph replays).
 COMPILE_MODE = "default"
+VARIANTS_ON = os.environ.get("BENCH_VARIANTS", "1") != "0"  # BENCH_VARIANTS=0: skip them
 
 
 def prepare() -> None:
@@ -354,7 +356,7 @@ def measure(way: str, extra: bool) -> dict:
     if extra and hasattr(engine, "speedups"):
         print("BENCH " + json.dumps(row, default=str), flush=True)
         row["checks"] = check_outputs(engine, calls)
-        row["variants"] = variants(engine, backend, store, one)
+        row["variants"] = variants(engine, backend, store, one) if VARIANTS_ON else None
     return row
 
 

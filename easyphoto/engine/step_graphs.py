@@ -35,8 +35,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Graphs kept (per engine) before the least recently used is dropped.
-GRAPH_LIMIT = 6
+#: Graphs kept (per engine) before the least recently used is dropped. A two-person template
+#: alone uses five (each face crop's aspect × two ControlNet sets, the seam pass); they share
+#: one memory pool, so more graphs cost little memory, while too few re-capture in turn.
+GRAPH_LIMIT = 16
 
 
 @contextlib.contextmanager
