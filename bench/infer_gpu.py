@@ -64,7 +64,6 @@ def build_models(folder: Path):
     if (WORK / "lora.safetensors").is_file() and (folder / "controlnet-tile").is_dir():
         return WORK / "lora.safetensors"
     from diffusers import ControlNetModel, StableDiffusionPipeline
-
     from random_models import random_components
 
     comps = random_components("sd15", dtype=torch.float16, with_canny=False)

@@ -50,19 +50,6 @@ def engine():
 
 
 @pytest.fixture(scope="module")
-def face(rgb) -> np.ndarray:
-    """A 64×64 crop of a real portrait around the face (RGB uint8)."""
-    photo = rgb("astronaut.png")
-    return cv2.resize(photo[20:240, 120:340], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-
-
-@pytest.fixture(scope="module")
-def mask() -> np.ndarray:
-    """The centre 32×32 square of the 64×64 image."""
-    return np.pad(np.full((SIZE // 2, SIZE // 2), 255, np.uint8), SIZE // 4)
-
-
-@pytest.fixture(scope="module")
 def controls(face) -> dict:
     edges = np.repeat(cv2.Canny(face, 100, 200)[:, :, None], 3, axis=2)
     small = cv2.resize(face, (4, 4), interpolation=cv2.INTER_CUBIC)

@@ -34,17 +34,6 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def face(rgb) -> np.ndarray:
-    photo = rgb("astronaut.png")
-    return cv2.resize(photo[20:240, 120:340], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-
-
-@pytest.fixture(scope="module")
-def mask() -> np.ndarray:
-    return np.pad(np.full((SIZE // 2, SIZE // 2), 255, np.uint8), SIZE // 4)
-
-
-@pytest.fixture(scope="module")
 def units(face) -> list:
     edges = np.repeat(cv2.Canny(face, 100, 200)[:, :, None], 3, axis=2)
     return [ControlUnit("canny", edges, 1.0), ControlUnit("openpose", face[:, ::-1].copy(), 0.65),
