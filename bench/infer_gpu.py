@@ -157,6 +157,8 @@ def timed(engine, backend, store, template: Path, request, runs: int, per_run: i
 
     times = []
     for _ in range(runs):
+        if hasattr(backend, "memo"):  # each run as a new template and user (conservative)
+            backend.memo.clear()
         torch.cuda.synchronize()
         start = time.perf_counter()
         result = run_batch([template] * per_run, request, engine=engine, backend=backend,

@@ -6,6 +6,8 @@ rank 128 / alpha 64, 512 px, batch 1 × accumulation 4, 800 steps, checkpoint + 
 100 steps (4 templates, 20 steps, canny ControlNet), top-10 fusion.
 
     python bench/train_gpu.py ours        # EasyPhoto's trainer and validator
+    python bench/train_gpu.py ours:channels_last=1,attention=cudnn   # other TrainSpeedups
+    python bench/train_gpu.py variants    # steps/s of each TrainSpeedups variant (one process)
     python bench/train_gpu.py reference   # stock-diffusers re-enactment (bench/train_reference.py)
 
 Prints one JSON line with per-stage wall times, steps/s, peak VRAM and the GPU name.
@@ -38,7 +40,62 @@ def gpu_info() -> dict:
             "torch": torch.__version__}
 
 
-def run_ours(steps: int, out: Path) -> dict:
+def speedups_of(way: str):
+    """``ours`` → the defaults; ``ours:channels_last=1,attention=cudnn,cuda_graph=0``."""
+    from easyphoto.train.lora import TrainSpeedups
+
+    changes = dict(item.split("=") for item in way.partition(":")[2].split(",") if item)
+    typed = {k: (v if k == "attention" else v == "1") for k, v in changes.items()}
+    return TrainSpeedups(**typed)
+
+
+#: (name, TrainSpeedups changes) timed by ``variants``.
+VARIANTS = (("graph", {}), ("graph+channels_last", {"channels_last": True}),
+            ("graph+cudnn_attention", {"attention": "cudnn"}),
+            ("graph+flash_attention", {"attention": "flash"}),
+            ("graph+channels_last+cudnn_attention", {"channels_last": True, "attention": "cudnn"}))
+
+
+def run_variants(steps: int) -> dict:
+    """Steps/s of the training step under each variant: same models and latent cache, a fresh
+    LoRA per variant, 10 untimed steps (warm-up, graph capture), then ``steps`` timed steps
+    read one by one like the training loop does."""
+    import dataclasses
+
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.latent_cache import build_latent_cache
+    from easyphoto.train.lora import (LoraTrainer, TrainSpeedups, _speedups_applied, _tf32,
+                                      remove_lora)
+    from easyphoto.train.step_graph import GraphedSteps
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    cache = build_latent_cache(components, DATA / "dataset", request.resolution,
+                               request.random_flip, request.seed)
+    rows = {}
+    for name, changes in VARIANTS:
+        speedups = dataclasses.replace(TrainSpeedups(), **changes)
+        torch.cuda.reset_peak_memory_stats()
+        with _tf32(components.device), _speedups_applied(components, speedups):
+            trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph)
+            stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
+            losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]
+            start = _sync()
+            losses += [float(stepper(trainer.draw_batch(cache))) for _ in range(steps)]
+            elapsed = _sync() - start
+        rows[name] = {"steps_per_s": round(steps / elapsed, 3),
+                      "ms_per_step": round(1000 * elapsed / steps, 2),
+                      "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                      "loss_first_last": [round(losses[0], 4), round(losses[-1], 4)]}
+        print(f"VARIANT {name} {rows[name]}", flush=True)
+        remove_lora(components)
+        del trainer, stepper
+        torch.cuda.empty_cache()
+    return {"way": "variants", "steps": steps, "variants": rows}
+
+
+def run_ours(steps: int, out: Path, speedups=None) -> dict:
     import numpy as np
 
     from easyphoto.face.lite import LiteBackend
@@ -55,7 +112,8 @@ def run_ours(steps: int, out: Path) -> dict:
     components = random_components("sd15", dtype=torch.bfloat16)
     times["load_models"] = _sync() - start
     start = _sync()
-    output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps)
+    output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps,
+                        speedups=speedups)
     times["train_total"] = _sync() - start
     times.update({f"train_{k}": v for k, v in output.seconds.items()})
     backend = LiteBackend()
@@ -75,7 +133,7 @@ def run_ours(steps: int, out: Path) -> dict:
                     face_id_path=out / "face_id.jpg", ref_image=DATA / "ref.jpg")
     total = times["train_total"] + times["validation_render"] + times["validation_score"] + \
         times["fusion_weighted_average"]
-    return {"way": "ours", "steps": steps, "renders": len(renders), **times,
+    return {"way": "ours", "speedups": str(speedups), "steps": steps, "renders": len(renders), **times,
             "total_excl_load_and_preprocess": total,
             "steps_per_s": steps / output.seconds["train"] if output.seconds["train"] else None}
 
@@ -83,10 +141,12 @@ def run_ours(steps: int, out: Path) -> dict:
 def main() -> None:
     way = sys.argv[1] if len(sys.argv) > 1 else "ours"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 800
-    out = Path("/tmp/easyphoto-bench") / way
+    out = Path("/tmp/easyphoto-bench") / way.partition(":")[0]
     torch.cuda.reset_peak_memory_stats()
-    if way == "ours":
-        result = run_ours(steps, out)
+    if way.startswith("ours"):
+        result = run_ours(steps, out, speedups_of(way))
+    elif way == "variants":
+        result = run_variants(int(sys.argv[2]) if len(sys.argv) > 2 else 150)
     else:
         from train_reference import run_reference
 

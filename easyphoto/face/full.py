@@ -32,6 +32,7 @@ from .full_models import (DET_FILE, DOWNLOAD_HINT, INSIGHTFACE_LAYOUT, INSIGHTFA
                           PARSER_LAYOUT, PARSER_ROLE, REC_FILE, default_registry, insightface_files, locate,
                           modelscope_layout, new_lite_backend)
 from .geometry import estimate_similarity
+from .memo import ResultMemo, face_key, frozen_array, frozen_faces
 from .types import PART_INDICES, Box, Face
 
 #: Cosine similarity of two ArcFace (w600k_r50) embeddings at and above which two faces count as
@@ -108,6 +109,7 @@ class FullBackend:
         self._lite: Any = None
         self._plans: dict[str, tuple[str, Optional[str]]] = {}
         self._lock = threading.RLock()  # lazy loading from several threads (UI + API)
+        self.memo = ResultMemo()  # repeated detections / parses of the same pixels
 
     # -- detection and identity (insightface) ------------------------------------------------
     def _session(self, path: Path) -> Any:
@@ -138,12 +140,18 @@ class FullBackend:
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces in an RGB ``(H, W, 3)`` uint8 image, sorted left → right; boxes and landmarks
-        in image pixels, ``score`` = SCRFD face probability (≥ ``det_thresh``)."""
-        bgr = np.ascontiguousarray(np.asarray(image)[..., ::-1])
+        in image pixels, ``score`` = SCRFD face probability (≥ ``det_thresh``). Repeated calls
+        on the same pixels are answered from :attr:`memo`."""
+        image = np.asarray(image)
+        settings = (self.det_size, self.det_thresh)
+        return list(self.memo.get("detect", image, settings, lambda: self._detect(image)))
+
+    def _detect(self, image: np.ndarray) -> tuple:
+        bgr = np.ascontiguousarray(image[..., ::-1])
         boxes, points = self._load_detector().detect(bgr, input_size=self.det_size)
         faces = [Face(Box(*map(float, b[:4])), np.asarray(k, np.float32).reshape(5, 2), float(b[4]))
                  for b, k in zip(boxes, points if points is not None else [])]
-        return sorted(faces, key=lambda face: face.box.x0)
+        return frozen_faces(sorted(faces, key=lambda face: face.box.x0))
 
     def align(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The recogniser's input crop: RGB ``(S, S, 3)`` uint8 (S = 112 for w600k_r50), the
@@ -253,7 +261,13 @@ class FullBackend:
         return mask
 
     def _parse(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, tuple[int, int]]:
-        """BiSeNet class map ``(h, w)`` int of the ``box×PARSER_CROP`` region and its offset."""
+        """BiSeNet class map ``(h, w)`` int of the ``box×PARSER_CROP`` region and its offset
+        (read-only; repeated calls on the same pixels and face come from :attr:`memo`)."""
+        labels, offset = self.memo.get("parse", np.asarray(image), face_key(face),
+                                       lambda: self._parse_region(image, face))
+        return labels, offset
+
+    def _parse_region(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, tuple[int, int]]:
         import cv2
 
         with self._lock:
@@ -266,7 +280,8 @@ class FullBackend:
         blob = ((resized.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None]
         logits = self._parser.run(None, {self._parser.get_inputs()[0].name: np.ascontiguousarray(blob)})[0]
         labels = np.argmax(logits[0], axis=0).astype(np.uint8)
-        return cv2.resize(labels, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST), (x0, y0)
+        labels = cv2.resize(labels, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+        return frozen_array(labels), (x0, y0)
 
     def saliency(self, image: np.ndarray) -> np.ndarray:
         """U2-Net salient-object mask ``(H, W)`` uint8 0..255 (lite when U2-Net is absent)."""
@@ -331,6 +346,7 @@ class FullBackend:
                 self._lite.unload()
             self._detector = self._recogniser = self._parser = self._lite = None
             self._pipelines.clear()
+            self.memo.clear()
 
 
 def _pil(image: np.ndarray) -> Any:

@@ -33,6 +33,7 @@ from ..errors import FaceNotFound, InvalidRequest, ModelUnavailable
 from . import retina
 from .colour import lab_colour_transfer
 from .geometry import estimate_similarity
+from .memo import ResultMemo, face_key, frozen_array, frozen_faces
 from .mesh import (check_parts, five_point_error, part_polygons_from_landmarks,
                    part_polygons_from_mesh, rasterise_parts)
 from .types import Box, Face
@@ -146,6 +147,7 @@ class LiteBackend:
         self._dlib: tuple[Any, Any] | None = None
         self._mesh: Any = None
         self._segmenter: Any = None
+        self.memo = ResultMemo()  # repeated detections / meshes of the same pixels
 
     # ---- model loading -------------------------------------------------------------------
     def _retinaface(self) -> Any:
@@ -189,20 +191,26 @@ class LiteBackend:
                 if graph is not None:
                     graph.close()
             self._detector = self._dlib = self._mesh = self._segmenter = None
+            self.memo.clear()
 
     # ---- detection and identity ----------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Face]:
         """Faces with boxes and 5 float landmarks in ``image`` px, sorted left → right by
-        ``box.x0``. Boxes are not clipped to the image (a face at the border may stick out)."""
+        ``box.x0``. Boxes are not clipped to the image (a face at the border may stick out).
+        Repeated calls on the same pixels are answered from :attr:`memo`."""
         image = _as_rgb(image)
         height, width = image.shape[:2]
         if min(height, width) < MIN_IMAGE_SIDE:  # too small to hold a detectable face
             return []
+        settings = (self.max_side, self.score_threshold, self.nms_threshold)
+        return list(self.memo.get("detect", image, settings, lambda: self._detect(image)))
+
+    def _detect(self, image: np.ndarray) -> tuple:
         found = retina.detect(self._retinaface(), image, self.max_side, self.score_threshold,
                               self.nms_threshold)
         faces = [Face(Box(*map(float, b)), p.astype(np.float32), float(s))
                  for b, s, p in zip(found.boxes, found.scores, found.points)]
-        return sorted(faces, key=lambda f: f.box.x0)
+        return frozen_faces(sorted(faces, key=lambda f: f.box.x0))
 
     def embed(self, image: np.ndarray, face: Face) -> np.ndarray:
         """``(128,)`` float32 dlib descriptor (unit-free, ‖·‖ ≈ 1) of ``face`` in ``image``."""
@@ -223,8 +231,14 @@ class LiteBackend:
     # ---- masks ---------------------------------------------------------------------------
     def face_mesh(self, image: np.ndarray, face: Face) -> np.ndarray | None:
         """``(478, 2)`` float64 mesh points (image px) of ``face``, or ``None`` if the mesh finds
-        no face in ``box × mesh_crop_ratio`` that matches ``face``'s 5 landmarks."""
+        no face in ``box × mesh_crop_ratio`` that matches ``face``'s 5 landmarks (read-only;
+        repeated calls on the same pixels and face are answered from :attr:`memo`)."""
         image = _as_rgb(image)
+        settings = (face_key(face), self.mesh_crop_ratio, self.mesh_max_side)
+        return self.memo.get("mesh", image, settings,
+                             lambda: frozen_array(self._face_mesh_points(image, face)))
+
+    def _face_mesh_points(self, image: np.ndarray, face: Face) -> np.ndarray | None:
         height, width = image.shape[:2]
         x0, y0, x1, y1 = face.box.scaled(self.mesh_crop_ratio, clip=(width, height)).to_int()
         region = image[y0:y1, x0:x1]

@@ -63,9 +63,12 @@ def network_input(image: np.ndarray, max_side: int) -> tuple[np.ndarray, tuple[f
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     rows, cols = image.shape[:2]
-    blob = np.zeros((1, 3, -(-rows // ALIGN) * ALIGN, -(-cols // ALIGN) * ALIGN), np.float32)
-    bgr = image[:, :, ::-1].astype(np.float32) - np.asarray(BGR_MEAN, np.float32)
-    blob[0, :, :rows, :cols] = bgr.transpose(2, 0, 1)
+    # pad with the mean colour (= zeros after the subtraction), then OpenCV's vectorised
+    # RGB→BGR swap, mean subtraction and HWC→NCHW (identical floats to doing it in numpy)
+    padded = cv2.copyMakeBorder(image, 0, -(-rows // ALIGN) * ALIGN - rows,
+                                0, -(-cols // ALIGN) * ALIGN - cols, cv2.BORDER_CONSTANT,
+                                value=tuple(int(v) for v in BGR_MEAN[::-1]))
+    blob = cv2.dnn.blobFromImage(padded, 1.0, None, BGR_MEAN, swapRB=True, crop=False)
     return blob, (cols / width, rows / height)
 
 

@@ -214,8 +214,12 @@ def paste_changed(target: np.ndarray, box: Sequence[int], before: np.ndarray,
     soft = cv2.resize(changed, size, interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     radius = max(1, int(round(size[0] / after.shape[1])))
     soft = cv2.GaussianBlur(soft, (2 * radius + 1, 2 * radius + 1), 0) * (soft > 0)
-    out[y0:y1, x0:x1] = composite(target[y0:y1, x0:x1], resize(after, size), soft)
     alpha[y0:y1, x0:x1] = soft
+    # the blend only where something changed (the face, not the whole box×3 crop)
+    bx, by, bw, bh = cv2.boundingRect((soft > 0).astype(np.uint8))
+    inside = (slice(y0 + by, y0 + by + bh), slice(x0 + bx, x0 + bx + bw))
+    out[inside] = composite(target[inside], resize(after, size)[by:by + bh, bx:bx + bw],
+                            soft[by:by + bh, bx:bx + bw])
     return out, alpha
 
 

@@ -290,6 +290,53 @@ class LoraTrainer:
                                metadata=meta, family=self.c.family)
 
 
+@dataclass(frozen=True)
+class TrainSpeedups:
+    """How (not what) :func:`train_lora` computes on CUDA; each switch is ignored on the CPU.
+
+    ``cuda_graph``: replay steps as one CUDA graph (:mod:`.step_graph`).
+    ``channels_last``: the UNet's weights in the channels-last layout for the run (other
+    convolution kernels; restored afterwards).
+    ``attention``: the scaled-dot-product attention kernels tried first — ``"default"``
+    (PyTorch's order), ``"cudnn"`` (cuDNN's fused attention first) or ``"flash"``.
+    """
+
+    cuda_graph: bool = True
+    channels_last: bool = False
+    attention: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_ORDERS:
+            raise InvalidRequest(f"attention must be one of {sorted(ATTENTION_ORDERS)}; "
+                                 f"got {self.attention!r}")
+
+
+#: SDPA back-ends in priority order per :attr:`TrainSpeedups.attention` (None: PyTorch's own).
+ATTENTION_ORDERS = {"default": None,
+                    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+                    "flash": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")}
+
+
+@contextlib.contextmanager
+def _speedups_applied(components, speedups: TrainSpeedups):
+    """Channels-last UNet and the SDPA order for the duration (CUDA only); restored after."""
+    device = torch.device(components.device)
+    if device.type != "cuda":
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        order = ATTENTION_ORDERS[speedups.attention]
+        if order is not None:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel([getattr(SDPBackend, name) for name in order],
+                                            set_priority=True))
+        if speedups.channels_last:
+            components.unet.to(memory_format=torch.channels_last)
+            stack.callback(components.unet.to, memory_format=torch.contiguous_format)
+        yield
+
+
 @contextlib.contextmanager
 def _tf32(device: torch.device):
     """TF32 matmuls/convolutions on CUDA for the duration; previous flags restored."""
@@ -308,7 +355,8 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
                total_steps: int, progress: ProgressFn = no_progress,
                cancel: Optional[CancelToken] = None, *,
                on_checkpoint: Optional[Callable[[Checkpoint], None]] = None,
-               micro_batch: Optional[int] = None, cuda_graph: bool = True) -> TrainOutput:
+               micro_batch: Optional[int] = None,
+               speedups: Optional[TrainSpeedups] = None) -> TrainOutput:
     """Train a LoRA for ``total_steps`` optimiser steps and save checkpoints.
 
     Checkpoints ``out_dir/checkpoint-<step>.safetensors`` at every ``validation_steps`` and at
@@ -320,7 +368,7 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     each checkpoint is written, with the LoRA live in ``components``; it must leave the models
     as it found them. Its time is reported apart (``seconds["callbacks"]``).
     ``micro_batch``: samples per forward pass (default: the whole step, see the module doc).
-    ``cuda_graph``: replay steps as a CUDA graph where possible (:mod:`.step_graph`).
+    ``speedups``: :class:`TrainSpeedups` (default: its defaults).
     """
     if total_steps < 1:
         raise InvalidRequest(f"total_steps must be ≥ 1; got {total_steps}.")
@@ -328,12 +376,13 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {"latents": 0.0, "train": 0.0, "checkpoints": 0.0, "callbacks": 0.0}
-    with _tf32(device):
+    speedups = speedups or TrainSpeedups()
+    with _tf32(device), _speedups_applied(components, speedups):
         started = time.monotonic()
         cache = build_latent_cache(components, dataset_dir, request.resolution,
                                    request.random_flip, request.seed, progress)
         trainer = LoraTrainer(components, request, total_steps, micro_batch,
-                              graphable=cuda_graph)
+                              graphable=speedups.cuda_graph)
         seconds["latents"] = time.monotonic() - started
         output = TrainOutput(seconds=seconds)
         if trainer.graphable:
