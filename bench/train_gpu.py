@@ -64,7 +64,7 @@ def run_variants(steps: int) -> dict:
 
     from easyphoto.params import TrainRequest
     from easyphoto.train.latent_cache import build_latent_cache
-    from easyphoto.train.lora import (LoraTrainer, TrainSpeedups, _speedups_applied, _tf32,
+    from easyphoto.train.lora import (LoraTrainer, TrainSpeedups, _speedups_applied, tf32_matmuls,
                                       remove_lora)
     from easyphoto.train.step_graph import GraphedSteps
     from random_models import random_components
@@ -77,7 +77,7 @@ def run_variants(steps: int) -> dict:
     for name, changes in VARIANTS:
         speedups = dataclasses.replace(TrainSpeedups(), **changes)
         torch.cuda.reset_peak_memory_stats()
-        with _tf32(components.device), _speedups_applied(components, speedups):
+        with tf32_matmuls(components.device), _speedups_applied(components, speedups):
             trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph)
             stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
             losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]

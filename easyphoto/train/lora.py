@@ -273,11 +273,15 @@ class LoraTrainer:
     # -- saving --------------------------------------------------------------------------------
     def save(self, path: Path, step: int) -> Path:
         """Write the current LoRA as a kohya file (fp16 tensors) with run metadata."""
+        return self.snapshot(step).write(path)
+
+    def snapshot(self, step: int) -> "LoraSnapshot":
+        """The current LoRA as fp16 copies (on the device: later steps do not change them)."""
         from peft import get_peft_model_state_dict
 
         def state(model):
             raw = get_peft_model_state_dict(model, adapter_name=ADAPTER)
-            return {k: v.detach().to(SAVE_DTYPE) for k, v in raw.items()}
+            return {k: v.detach().to(SAVE_DTYPE, copy=True) for k, v in raw.items()}
 
         r = self.request
         te_states = [state(te) for te in self.c.text_encoders] if self.train_te else []
@@ -286,8 +290,54 @@ class LoraTrainer:
                 "easyphoto_base_id": str(self.c.base_id),
                 "ss_resolution": f"({r.resolution}, {r.resolution})", "ss_seed": str(r.seed),
                 "ss_learning_rate": str(r.learning_rate)}
-        return save_kohya_lora(path, state(self.c.unet), te_states, r.rank, r.network_alpha,
-                               metadata=meta, family=self.c.family)
+        return LoraSnapshot(state(self.c.unet), te_states, r.rank, r.network_alpha, meta,
+                            self.c.family)
+
+
+@dataclass(frozen=True)
+class LoraSnapshot:
+    """A LoRA's tensors at one step, ready to be written as a kohya file."""
+
+    unet: dict
+    text_encoders: list
+    rank: int
+    alpha: float
+    metadata: dict
+    family: str
+
+    def write(self, path: Path) -> Path:
+        return save_kohya_lora(path, self.unet, self.text_encoders, self.rank, self.alpha,
+                               metadata=self.metadata, family=self.family)
+
+
+class CheckpointWriter:
+    """Writes checkpoint snapshots on one background thread while training goes on (reading
+    the tensors back from the GPU and the safetensors write overlap the next steps).
+    :meth:`finish` waits for every write and re-raises the first failure."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easyphoto-ckpt")
+        self._pending: list = []
+
+    def submit(self, snapshot: LoraSnapshot, path: Path):
+        future = self._pool.submit(snapshot.write, path)
+        self._pending.append(future)
+        return future
+
+    def finish(self, raise_errors: bool = True) -> None:
+        """Wait for every write; the first failure is raised (or only logged)."""
+        try:
+            for future in self._pending:
+                error = future.exception()
+                if error is not None and raise_errors:
+                    raise error
+                if error is not None:
+                    logger.warning("a checkpoint write failed as well: %s", error)
+        finally:
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
 
 
 @dataclass(frozen=True)
@@ -338,7 +388,7 @@ def _speedups_applied(components, speedups: TrainSpeedups):
 
 
 @contextlib.contextmanager
-def _tf32(device: torch.device):
+def tf32_matmuls(device: torch.device):
     """TF32 matmuls/convolutions on CUDA for the duration; previous flags restored."""
     if device.type != "cuda":
         yield
@@ -377,7 +427,7 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = {"latents": 0.0, "train": 0.0, "checkpoints": 0.0, "callbacks": 0.0}
     speedups = speedups or TrainSpeedups()
-    with _tf32(device), _speedups_applied(components, speedups):
+    with tf32_matmuls(device), _speedups_applied(components, speedups):
         started = time.monotonic()
         cache = build_latent_cache(components, dataset_dir, request.resolution,
                                    request.random_flip, request.seed, progress)
@@ -403,6 +453,20 @@ def _loop(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
           output: TrainOutput, progress: ProgressFn, cancel: Optional[CancelToken],
           on_checkpoint) -> None:
     """The step loop of :func:`train_lora` (fills ``output``)."""
+    writer = CheckpointWriter()
+    try:
+        _steps(trainer, stepper, cache, out_dir, output, progress, cancel, on_checkpoint, writer)
+    except BaseException:
+        writer.finish(raise_errors=False)  # the loop's own error is the one to report
+        raise
+    tick = time.monotonic()
+    writer.finish()  # every checkpoint on disk (or its write error raised) before returning
+    output.seconds["checkpoints"] += time.monotonic() - tick
+
+
+def _steps(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
+           output: TrainOutput, progress: ProgressFn, cancel: Optional[CancelToken],
+           on_checkpoint, writer: CheckpointWriter) -> None:
     total, interval = trainer.total_steps, trainer.request.validation_steps
     seconds, clock = output.seconds, EtaClock(total)
     for step in range(1, total + 1):
@@ -414,9 +478,11 @@ def _loop(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
         seconds["train"] += time.monotonic() - tick
         if step % interval == 0 or step == total:
             tick = time.monotonic()
-            checkpoint = Checkpoint(step, trainer.save(out_dir / f"checkpoint-{step}.safetensors",
-                                                       step))
+            checkpoint = Checkpoint(step, out_dir / f"checkpoint-{step}.safetensors")
+            written = writer.submit(trainer.snapshot(step), checkpoint.path)
             output.checkpoints.append(checkpoint)
+            if on_checkpoint is not None:  # it reads the file: wait for it
+                written.result()
             seconds["checkpoints"] += time.monotonic() - tick
             if on_checkpoint is not None:
                 tick = time.monotonic()

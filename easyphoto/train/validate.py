@@ -39,7 +39,7 @@ from ..params import CAPTION, TrainRequest
 from ..progress import CancelToken, Progress, ProgressFn, no_progress
 from ..store import atomic_write_bytes
 from .components import TrainComponents
-from .validation_pipeline import (CANNY_WEIGHT, ValidationError, ValidationInput,
+from .validation_pipeline import (CANNY_WEIGHT, IN_PLACE, ValidationError, ValidationInput,
                                   build_validation_pipeline, composite, encode_jpeg, eval_mode,
                                   feather_px, lora_applied, prepare_input)
 
@@ -223,7 +223,8 @@ class ValidationRenderer:
     """
 
     def __init__(self, components: TrainComponents, request: TrainRequest,
-                 resolution: Optional[int] = None, max_batch: int = 4):
+                 resolution: Optional[int] = None, max_batch: int = 4,
+                 own_loop: Optional[bool] = None):
         self.components, self.request = components, request
         self.resolution = int(resolution or request.resolved().resolution)
         self.max_batch = max(1, int(max_batch))
@@ -238,6 +239,7 @@ class ValidationRenderer:
         for note in self.notes:
             log.warning("validation: %s", note)
         self.pipe = build_validation_pipeline(components, self.controlnet)
+        self.loop = OwnLoop.for_run(components, self.controlnet, own_loop)
 
     def _models(self) -> list:
         c = self.components
@@ -248,6 +250,9 @@ class ValidationRenderer:
         """Inpaint same-size inputs in one pipeline call (LoRA already applied) → one
         (H, W, 3) uint8 image per input; input i's noise comes from ``seeds[i]`` alone.
         ``cancel`` is checked after every denoising step."""
+        if self.loop is not None:
+            return [self.loop.inpaint(item, seed, self.request, cancel)
+                    for item, seed in zip(batch, seeds)]
         height, width = batch[0].image.shape[:2]
         r = self.request
         kwargs = dict(prompt=[CAPTION] * len(batch), height=height, width=width,
@@ -286,6 +291,8 @@ class ValidationRenderer:
         with lora_applied(self.pipe, self._models()[:-2], lora_path, f"step{step}") as mode, \
                 eval_mode(self._models()), torch.no_grad():
             self.lora_modes[step] = mode
+            if self.loop is not None:
+                self.loop.lora_mode(mode, step)
             for batch in self._batches(prepared):
                 if cancel is not None:
                     cancel.check()
@@ -311,6 +318,65 @@ class ValidationRenderer:
         return Render(step, template.name, lora_path, image, path, prepared.crop_box,
                       prepared.mask_box, feather_px(image.shape[:2]),
                       "canny" if self.controlnet else "none", seed)
+
+
+class OwnLoop:
+    """Validation renders through the inference engine's own denoising loop
+    (:func:`easyphoto.engine.denoise.run_inpaint`: the pipeline's computation, one template per
+    call) with the UNet + canny ControlNet step replayed as a CUDA graph on CUDA.
+
+    The graph reads the LoRA parameters where they live; the in-place LoRA switch copies each
+    checkpoint into those same tensors, so one capture serves every checkpoint. A checkpoint
+    applied as a separate adapter (new modules) runs the loop eagerly instead.
+    Built by :meth:`for_run` only for SD1.5 with the ControlNet (what ``run_inpaint`` covers).
+    """
+
+    def __init__(self, pipe, graphs) -> None:
+        self.pipe, self.graphs, self.mode, self.step = pipe, graphs, IN_PLACE, 0
+
+    @classmethod
+    def for_run(cls, components: TrainComponents, controlnet: bool,
+                wanted: Optional[bool]) -> Optional["OwnLoop"]:
+        """The loop for this run, or ``None``: ``wanted`` None means "on CUDA"."""
+        from ..engine.denoise import supports
+        from ..engine.step_graphs import StepGraphs
+
+        cuda = torch.device(components.device).type == "cuda"
+        if not (cuda if wanted is None else wanted) or not controlnet \
+                or components.family != "sd15":
+            return None
+        pipe = build_validation_pipeline(components, controlnet, multi=True)
+        if not supports(pipe):
+            return None
+        return cls(pipe, StepGraphs() if cuda else None)
+
+    def lora_mode(self, mode: str, step: int) -> None:
+        self.mode, self.step = mode, step
+
+    def inpaint(self, item: ValidationInput, seed: int, request: TrainRequest,
+                cancel: Optional[CancelToken] = None) -> np.ndarray:
+        """One template's render (H, W, 3) uint8, its noise from ``seed``."""
+        from ..engine.denoise import LoopAids, run_inpaint
+        from .lora import tf32_matmuls
+
+        if cancel is not None:
+            cancel.check()
+        height, width = item.image.shape[:2]
+        kwargs = dict(prompt=CAPTION, negative_prompt=None, height=height, width=width,
+                      image=Image.fromarray(item.image), mask_image=Image.fromarray(item.mask),
+                      strength=request.validation_strength,
+                      num_inference_steps=request.validation_sample_steps,
+                      guidance_scale=request.validation_cfg, output_type="np",
+                      generator=torch.Generator("cpu").manual_seed(seed),
+                      control_image=[Image.fromarray(item.control)],
+                      controlnet_conditioning_scale=[CANNY_WEIGHT],
+                      control_guidance_start=[0.0], control_guidance_end=[1.0])
+        in_place = self.mode == IN_PLACE
+        aids = LoopAids(graphs=self.graphs if in_place else None,
+                        token=("validation", IN_PLACE) if in_place else ("step", self.step))
+        with tf32_matmuls(torch.device(self.pipe.device)):  # the fp32 LoRA branches
+            images = run_inpaint(self.pipe, kwargs, aids)
+        return np.rint(np.asarray(images[0]) * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def render_validation(components: TrainComponents, lora_path: Union[str, Path],

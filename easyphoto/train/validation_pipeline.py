@@ -181,8 +181,10 @@ def _pipeline_vae(components: TrainComponents):
     return vae
 
 
-def build_validation_pipeline(components: TrainComponents, controlnet: bool):
-    """The inpaint pipeline around ``components``' models (no copy, no disk access).
+def build_validation_pipeline(components: TrainComponents, controlnet: bool,
+                              multi: bool = False):
+    """The inpaint pipeline around ``components``' models (no copy, no disk access); ``multi``
+    wraps the ControlNet in a one-net ``MultiControlNetModel`` (the engine's own loop).
 
     Sampler: DPM++ 2M Karras built from the training scheduler's config (the deterministic
     sibling of inference's DPM++ 2M SDE Karras: a render depends on the seed only via its
@@ -200,7 +202,8 @@ def build_validation_pipeline(components: TrainComponents, controlnet: bool):
     else:
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     if controlnet:
-        kwargs["controlnet"] = components.canny_controlnet
+        kwargs["controlnet"] = [components.canny_controlnet] if multi else \
+            components.canny_controlnet
     pipe = _pipeline_class(components.family, controlnet)(**kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe

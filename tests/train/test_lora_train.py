@@ -203,3 +203,50 @@ def test_dataset_without_metadata_is_refused(tmp_path):
     components = load_components("tiny-random", sdxl=False, with_canny=False)
     with pytest.raises(InvalidRequest, match="metadata.jsonl.*preprocessing"):
         train_lora(components, tmp_path, request(), tmp_path / "out", 2)
+
+
+def test_checkpoints_written_in_the_background_hold_their_own_step(dataset, tmp_path):
+    """Checkpoints are written on a background thread while training goes on: each file must
+    hold the LoRA of its step, not a later one. With an ``on_checkpoint`` callback the loop
+    waits for each file, so the callback sees the live LoRA and the file side by side."""
+    from peft import get_peft_model_state_dict
+
+    from easyphoto.train.lora import ADAPTER
+
+    seen = {}
+    components = load_components("tiny-random", sdxl=False, device="cpu", with_canny=False)
+
+    def compare(checkpoint):
+        live = get_peft_model_state_dict(components.unet, adapter_name=ADAPTER)
+        seen[checkpoint.step] = {k: v.detach().half().clone() for k, v in live.items()}
+        assert checkpoint.path.is_file()
+
+    train_lora(components, dataset, request(), tmp_path / "waited", 7, on_checkpoint=compare)
+    _, out = run(dataset, tmp_path / "background", 7)
+    assert sorted(seen) == [c.step for c in out.checkpoints] == [3, 6, 7]
+    for checkpoint in out.checkpoints:
+        waited = load_file(tmp_path / "waited" / checkpoint.path.name)
+        background = load_file(checkpoint.path)
+        assert waited.keys() == background.keys()
+        assert all(torch.equal(waited[k], background[k]) for k in waited)
+        unet = load_kohya_lora(checkpoint.path).unet
+        assert unet.keys() == seen[checkpoint.step].keys()
+        assert all(torch.equal(unet[k], seen[checkpoint.step][k]) for k in unet)
+    first, last = (load_kohya_lora(c.path).unet for c in (out.checkpoints[0], out.checkpoints[-1]))
+    assert any(not torch.equal(first[k], last[k]) for k in first)  # training moved on
+
+
+def test_a_failed_checkpoint_write_is_reported(dataset, tmp_path, monkeypatch):
+    from easyphoto.train import lora
+
+    real = lora.LoraSnapshot.write
+
+    def write(snapshot, path):
+        if "checkpoint-6" in str(path):
+            raise OSError(28, "No space left on device")
+        return real(snapshot, path)
+
+    monkeypatch.setattr(lora.LoraSnapshot, "write", write)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(dataset, tmp_path, 7)
+    assert (tmp_path / "checkpoint-3.safetensors").is_file()

@@ -378,3 +378,35 @@ def test_shipped_validation_templates_are_public_domain_portraits_with_faces():
     assert "grace_hopper.jpg" in files
     assert all(t.face.box.area > 80 * 80 for t in result.templates)
     assert not [p for p in TEMPLATES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".png")]
+
+
+@pytest.mark.parametrize("live_adapter", [False, True])
+def test_own_loop_renders_what_the_pipeline_renders(lora_files, templates, request_, tmp_path,
+                                                    live_adapter):
+    """The engine's own loop (used on CUDA, where it replays the step as a CUDA graph) gives
+    the pipeline's renders, for a checkpoint switched in place (training's live adapter) and
+    one loaded as an adapter; the graph-free CPU run checks the arithmetic."""
+    models = build_tiny_sd15(0, controlnets=("canny",))
+    if live_adapter:
+        add_lora([models.unet, models.text_encoder], seed=99)
+    out = {}
+    for own in (False, True):
+        renderer = ValidationRenderer(components(models), request_, resolution=TINY_PX,
+                                      max_batch=1, own_loop=own)
+        assert (renderer.loop is not None) == own
+        renders = [renderer.render(lora_files[step], step, templates, tmp_path / f"{own}{step}")
+                   for step in (100, 200)]
+        assert renderer.lora_modes == dict.fromkeys((100, 200),
+                                                    IN_PLACE if live_adapter else ADAPTER)
+        out[own] = [[r.image for r in run] for run in renders]
+    for pipeline_run, loop_run in zip(out[False], out[True]):
+        for by_pipeline, by_loop in zip(pipeline_run, loop_run):
+            np.testing.assert_array_equal(by_loop, by_pipeline)
+    assert np.abs(out[True][0][0].astype(int) - out[True][1][0]).max() > 10  # LoRA switched
+
+
+def test_own_loop_is_off_where_it_does_not_apply(tiny, request_):
+    assert ValidationRenderer(components(tiny), request_, resolution=TINY_PX).loop is None  # CPU
+    plain = dataclasses.replace(request_, validation_canny=False)
+    assert ValidationRenderer(components(tiny), plain, resolution=TINY_PX,
+                              own_loop=True).loop is None  # no ControlNet
