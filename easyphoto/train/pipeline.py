@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Validation templates shipped with EasyPhoto (``templates/validation``).
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "validation"
+#: Validation templates per run (SPEC 1.4).
+VALIDATION_TEMPLATES = 4
 
 
 @contextlib.contextmanager
@@ -83,15 +85,29 @@ def training_stage(run_dir: Path, request: TrainRequest, dataset_dir: Path, kept
                       progress=progress, cancel=cancel)
 
 
+def template_generation_stage(components, models_dir: Optional[Path],
+                              limit: int = VALIDATION_TEMPLATES) -> list:
+    """Validation templates made by the base model (before training adds its LoRA) where
+    ``templates/validation`` holds fewer than ``limit`` images; cached per base model."""
+    from .generated_templates import default_cache, generated_templates, missing_count, recipes
+    from .validate import template_files
+
+    available = len(template_files(TEMPLATES_DIR)) if TEMPLATES_DIR.is_dir() else 0
+    return generated_templates(components, recipes(TEMPLATES_DIR / "manifest.json"),
+                               default_cache(models_dir), missing_count(available, limit))
+
+
 def validation_stage(run_dir: Path, request: TrainRequest, components, checkpoints, prep,
-                     backend, progress: ProgressFn, cancel: CancelToken) -> dict:
+                     backend, progress: ProgressFn, cancel: CancelToken,
+                     generated: Sequence = ()) -> dict:
     """SPEC 1.4: render, score, fuse the top-k; writes lora.safetensors and face_id.jpg."""
     from .fusion import choose_and_fuse
     from .validate import render_all_checkpoints, score_renders, validation_templates
 
     kept_photos = [run_dir / "photos" / p["stored_as"] for p in prep.report["photos"]
                    if p.get("verdict") == "ok" and p.get("stored_as")]
-    templates = validation_templates(TEMPLATES_DIR, kept_photos, backend=backend)
+    templates = validation_templates(TEMPLATES_DIR, kept_photos, backend=backend,
+                                     limit=VALIDATION_TEMPLATES, generated=generated)
     renders = render_all_checkpoints(components, checkpoints, templates, request, run_dir / "validation",
                                      progress=progress, cancel=cancel)
     score_renders(renders, prep.embeddings, backend)
@@ -123,13 +139,17 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
         components = load_components(request.base_model, request.sdxl, models_dir=models_dir,
                                      mixed_precision=request.mixed_precision,
                                      with_canny=request.validation and request.validation_canny)
+    generated = []
+    if request.validation:
+        with _timed(timings, "validation_templates"):
+            generated = template_generation_stage(components, models_dir)
     with _timed(timings, "train"):
         output = training_stage(run_dir, request, prep.dataset_dir, prep.kept, components,
                                 progress, cancel)
     with _timed(timings, "validation_and_fusion"):
         if request.validation:
             fusion = validation_stage(run_dir, request, components, output.checkpoints, prep,
-                                      backend, progress, cancel)
+                                      backend, progress, cancel, generated)
         else:
             fusion = final_checkpoint_only(run_dir, output.checkpoints, prep)
     if not request.keep_checkpoints:
