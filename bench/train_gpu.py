@@ -95,6 +95,65 @@ def run_variants(steps: int) -> dict:
     return {"way": "variants", "steps": steps, "variants": rows}
 
 
+def run_validation_compare(steps: int, out: Path) -> dict:
+    """Validation alone, both ways, on the checkpoints of a short training: the diffusers
+    pipeline (4 templates per call) and the own loop (one template per call, CUDA graph)."""
+    from easyphoto.face.lite import LiteBackend
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.lora import train_lora
+    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints,
+                                          validation_templates)
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16)
+    output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps)
+    templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
+                                     backend=LiteBackend())
+    rows = {}
+    for own in (False, True, True):  # the second own-loop pass: graphs already captured
+        renderer = ValidationRenderer(components, request, own_loop=own)
+        start = _sync()
+        render_all_checkpoints(components, output.checkpoints, templates, request,
+                               out / f"validation-{own}", renderer=renderer)
+        row = {"render_s": round(_sync() - start, 3),
+               "checkpoints": len(output.checkpoints), "templates": len(templates),
+               **{k: round(v, 3) for k, v in renderer.seconds.items()}}
+        if renderer.loop is not None:
+            row["captures"] = renderer.loop.graphs.captures
+        rows["own_loop" if own else "pipeline"] = row
+        print(f"VALIDATION {'own' if own else 'pipeline'} {row}", flush=True)
+    return {"way": "validation", "steps": steps, "validation": rows}
+
+
+def run_profile(steps: int) -> dict:
+    """torch.profiler over ``steps`` eager training steps (after 5 warm-up steps): the CUDA
+    kernels that take the time, grouped by name."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.latent_cache import build_latent_cache
+    from easyphoto.train.lora import LoraTrainer, tf32_matmuls
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    cache = build_latent_cache(components, DATA / "dataset", request.resolution,
+                               request.random_flip, request.seed)
+    with tf32_matmuls(components.device):
+        trainer = LoraTrainer(components, request, steps + 5, graphable=False)
+        for _ in range(5):
+            float(trainer.step(trainer.draw_batch(cache)))
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                float(trainer.step(trainer.draw_batch(cache)))
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)
+    print(table, flush=True)
+    events = prof.key_averages()
+    total = sum(e.device_time_total for e in events if e.device_time_total) / 1000 / steps
+    return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2)}
+
+
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
     import numpy as np
 
@@ -103,7 +162,8 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     from easyphoto.train.fusion import choose_and_fuse
     from easyphoto.train.lora import train_lora
     from easyphoto.train.lora_io import fuse_checkpoints
-    from easyphoto.train.validate import render_all_checkpoints, score_renders, validation_templates
+    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints, score_renders,
+                                          validation_templates)
     from random_models import random_components
 
     request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
@@ -119,9 +179,14 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     backend = LiteBackend()
     start = _sync()
     templates = validation_templates(None, sorted((DATA / "photos").iterdir()), backend=backend)
+    renderer = ValidationRenderer(components, request)
     renders = render_all_checkpoints(components, output.checkpoints, templates, request,
-                                     out / "validation")
+                                     out / "validation", renderer=renderer)
     times["validation_render"] = _sync() - start
+    times.update({f"validation_{k}": v for k, v in renderer.seconds.items()})
+    if renderer.loop is not None and renderer.loop.graphs is not None:
+        times["validation_graph_captures"] = renderer.loop.graphs.captures
+        times["validation_last_graphed"] = renderer.loop.graphs.last_graphed
     start = time.perf_counter()
     score_renders(renders, np.load(DATA / "embeddings.npy", allow_pickle=False), backend)
     times["validation_score"] = time.perf_counter() - start
@@ -139,12 +204,19 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     way = sys.argv[1] if len(sys.argv) > 1 else "ours"
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 800
     out = Path("/tmp/easyphoto-bench") / way.partition(":")[0]
     torch.cuda.reset_peak_memory_stats()
     if way.startswith("ours"):
         result = run_ours(steps, out, speedups_of(way))
+    elif way == "profile":
+        result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    elif way == "validation":
+        result = run_validation_compare(int(sys.argv[2]) if len(sys.argv) > 2 else 200, out)
     elif way == "variants":
         result = run_variants(int(sys.argv[2]) if len(sys.argv) > 2 else 150)
     else:

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence, Union
@@ -246,6 +247,8 @@ class ValidationRenderer:
             log.warning("validation: %s", note)
         self.pipe = build_validation_pipeline(components, self.controlnet)
         self.loop = OwnLoop.for_run(components, self.controlnet, own_loop)
+        #: seconds spent per phase over every render call (lora, diffuse, finish)
+        self.seconds: dict = {"lora": 0.0, "diffuse": 0.0, "finish": 0.0}
 
     def _models(self) -> list:
         c = self.components
@@ -294,11 +297,13 @@ class ValidationRenderer:
         lora_path, out_dir = Path(lora_path), Path(out_dir)
         prepared = [prepare_input(t.image, t.face.box, self.resolution) for t in templates]
         renders: dict = {}
+        lap = self._lap()
         with lora_applied(self.pipe, self._models()[:-2], lora_path, f"step{step}") as mode, \
                 eval_mode(self._models()), torch.no_grad():
             self.lora_modes[step] = mode
             if self.loop is not None:
                 self.loop.lora_mode(mode, step)
+            lap("lora")
             for batch in self._batches(prepared):
                 if cancel is not None:
                     cancel.check()
@@ -307,12 +312,30 @@ class ValidationRenderer:
                                   extra={"step": step}))
                 outs = self.diffuse([prepared[i] for i in batch],
                                     [self.request.seed + i for i in batch], cancel)
+                lap("diffuse")
                 for index, out in zip(batch, outs):
                     renders[index] = self._finish(templates[index], prepared[index], out, step,
                                                   self.request.seed + index, lora_path, out_dir)
+                lap("finish")
+        lap("lora")  # the LoRA switched back
         progress(Progress("validation", len(templates), len(templates),
                           f"checkpoint {step} rendered", extra={"step": step}))
         return [renders[i] for i in range(len(templates))]
+
+    def _lap(self):
+        """``lap(phase)`` adds the seconds since the previous lap to ``seconds[phase]``
+        (synchronising CUDA, so a phase owns its kernels)."""
+        device = torch.device(self.components.device)
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+        last = [time.perf_counter()]
+
+        def lap(phase: str) -> None:
+            sync(device)
+            now = time.perf_counter()
+            self.seconds[phase] += now - last[0]
+            last[0] = now
+
+        return lap
 
     def _finish(self, template: Template, prepared: ValidationInput, out: np.ndarray, step: int,
                 seed: int, lora_path: Path, out_dir: Path) -> Render:
