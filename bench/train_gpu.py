@@ -154,6 +154,38 @@ def run_profile(steps: int) -> dict:
     return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2)}
 
 
+def run_validation_profile(out: Path) -> dict:
+    """torch.profiler (CPU + CUDA) over the validation of one checkpoint (4 templates), after
+    a warm-up render: where a render's time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from easyphoto.face.lite import LiteBackend
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.lora import train_lora
+    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints,
+                                          validation_templates)
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16)
+    output = train_lora(components, DATA / "dataset", request, out / "checkpoints", 100)
+    templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
+                                     backend=LiteBackend())
+    renderer = ValidationRenderer(components, request)
+    render_all_checkpoints(components, output.checkpoints, templates, request, out / "warm",
+                           renderer=renderer)
+    start = _sync()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        render_all_checkpoints(components, output.checkpoints, templates, request,
+                               out / "profiled", renderer=renderer)
+    wall = _sync() - start
+    events = prof.key_averages()
+    print(events.table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=70))
+    print(events.table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=70))
+    return {"way": "validation-profile", "wall_s": round(wall, 3),
+            "seconds": {k: round(v, 3) for k, v in renderer.seconds.items()}}
+
+
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
     import numpy as np
 
@@ -213,6 +245,8 @@ def main() -> None:
     torch.cuda.reset_peak_memory_stats()
     if way.startswith("ours"):
         result = run_ours(steps, out, speedups_of(way))
+    elif way == "validation-profile":
+        result = run_validation_profile(out)
     elif way == "profile":
         result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
     elif way == "validation":
