@@ -19,7 +19,6 @@ Images are ``(H, W, 3)`` uint8 RGB arrays, boxes in pixels.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -42,7 +41,6 @@ from ..progress import CancelToken, Progress, ProgressFn, no_progress
 from ..store import atomic_write_bytes
 from .components import TrainComponents
 from .validation_pipeline import (CANNY_WEIGHT, IN_PLACE, ValidationError, ValidationInput,
-                                  adapter_weights_as,
                                   build_validation_pipeline, composite, encode_jpeg, eval_mode,
                                   feather_px, lora_applied, prepare_input)
 
@@ -324,22 +322,6 @@ class ValidationRenderer:
                           f"checkpoint {step} rendered", extra={"step": step}))
         return [renders[i] for i in range(len(templates))]
 
-    @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Around the renders of several checkpoints: with the own loop on CUDA, the training
-        adapter's weights are half-precision copies for the duration (what the checkpoint files
-        hold anyway), so one CUDA graph without fp32 LoRA branches serves every checkpoint."""
-        c = self.components
-        if self.loop is None or self.loop.graphs is None or c.dtype == torch.float32:
-            yield
-            return
-        with adapter_weights_as([c.unet, *c.text_encoders], c.dtype):
-            self.loop.session += 1
-            try:
-                yield
-            finally:
-                self.loop.session += 1  # graphs of the session read tensors now gone
-
     def _lap(self):
         """``lap(phase)`` adds the seconds since the previous lap to ``seconds[phase]``
         (synchronising CUDA, so a phase owns its kernels)."""
@@ -380,7 +362,6 @@ class OwnLoop:
 
     def __init__(self, pipe, graphs) -> None:
         self.pipe, self.graphs, self.mode, self.step = pipe, graphs, IN_PLACE, 0
-        self.session = 0  # part of the graphs' key: the LoRA tensors they read change with it
 
     @classmethod
     def for_run(cls, components: TrainComponents, controlnet: bool,
@@ -421,8 +402,7 @@ class OwnLoop:
                       control_guidance_start=[0.0], control_guidance_end=[1.0])
         in_place = self.mode == IN_PLACE
         aids = LoopAids(graphs=self.graphs if in_place else None,
-                        token=("validation", IN_PLACE, self.session) if in_place
-                        else ("step", self.step))
+                        token=("validation", IN_PLACE) if in_place else ("step", self.step))
         with tf32_matmuls(torch.device(self.pipe.device)):  # the fp32 LoRA branches
             images = run_inpaint(self.pipe, kwargs, aids)
         return np.rint(np.asarray(images[0]) * 255.0).clip(0, 255).astype(np.uint8)
@@ -472,14 +452,13 @@ def render_all_checkpoints(components: TrainComponents, checkpoints, templates: 
     steps = checkpoint_files(checkpoints)
     renderer = renderer or ValidationRenderer(components, request, resolution)
     total, renders = len(steps) * len(templates), []
-    with renderer.session():
-        for index, (step, path) in enumerate(sorted(steps.items())):
-            def report(p: Progress, offset: int = index * len(templates)) -> None:
-                progress(dataclasses.replace(p, done=offset + p.done, total=total))
+    for index, (step, path) in enumerate(sorted(steps.items())):
+        def report(p: Progress, offset: int = index * len(templates)) -> None:
+            progress(dataclasses.replace(p, done=offset + p.done, total=total))
 
-            renders += render_validation(components, path, templates, request, step=step,
-                                         out_dir=out_dir, renderer=renderer, progress=report,
-                                         cancel=cancel)
+        renders += render_validation(components, path, templates, request, step=step,
+                                     out_dir=out_dir, renderer=renderer, progress=report,
+                                     cancel=cancel)
     return renders
 
 

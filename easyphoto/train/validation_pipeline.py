@@ -249,28 +249,6 @@ def _adapter_parameters(model, scale: float) -> Optional[dict]:
     return params
 
 
-@contextlib.contextmanager
-def adapter_weights_as(models: Sequence, dtype: torch.dtype) -> Iterator[int]:
-    """Inside, the active adapters' LoRA weights of ``models`` are ``dtype`` copies (training
-    keeps them in fp32, which makes every LoRA branch of a half-precision model cast its input
-    to fp32 and back); the original tensors, untouched, are put back on the way out. Yields the
-    number of weights converted."""
-    swapped = []
-    for model in models:
-        for _, layer in _tuner_layers(model):
-            for adapter in layer.active_adapters:
-                for table in (getattr(layer, "lora_A", {}), getattr(layer, "lora_B", {})):
-                    if adapter in table and table[adapter].weight.dtype != dtype:
-                        weight = table[adapter].weight
-                        swapped.append((weight, weight.data))
-                        weight.data = weight.data.to(dtype)
-    try:
-        yield len(swapped)
-    finally:
-        for weight, original in swapped:
-            weight.data = original
-
-
 def in_place_pairs(models: Sequence, path: Path) -> Optional[list]:
     """``[(parameter, file tensor)]`` when the file fits the models' active adapters exactly
     (same modules, shapes and ``alpha/rank``), else ``None``.

@@ -410,27 +410,3 @@ def test_own_loop_is_off_where_it_does_not_apply(tiny, request_):
     plain = dataclasses.replace(request_, validation_canny=False)
     assert ValidationRenderer(components(tiny), plain, resolution=TINY_PX,
                               own_loop=True).loop is None  # no ControlNet
-
-
-def test_adapter_weights_in_half_precision_for_a_session_then_restored(lora_files):
-    """The own loop's session renders from half-precision copies of training's fp32 LoRA
-    weights; the fp32 tensors themselves are untouched and put back afterwards, also when a
-    checkpoint was copied in place meanwhile."""
-    from easyphoto.train.validation_pipeline import adapter_weights_as, lora_applied
-
-    fresh = build_tiny_sd15(0, controlnets=("canny",))
-    add_lora([fresh.unet, fresh.text_encoder], seed=5)
-    models = [fresh.unet, fresh.text_encoder]
-    lora = {n: p for m in models for n, p in m.named_parameters() if ".lora_" in n}
-    before = {n: (p.data_ptr(), p.detach().clone()) for n, p in lora.items()}
-    with adapter_weights_as(models, torch.float16) as count:
-        assert count == len(lora) > 0
-        assert all(p.dtype == torch.float16 for p in lora.values())
-        assert all(torch.equal(p, before[n][1].half()) for n, p in lora.items())
-        pipe = validate.build_validation_pipeline(components(fresh), True)
-        with lora_applied(pipe, models, lora_files[100], "step100") as mode:
-            assert mode == IN_PLACE
-            assert any(not torch.equal(p, before[n][1].half()) for n, p in lora.items())
-    for name, param in lora.items():
-        assert param.dtype == torch.float32 and param.data_ptr() == before[name][0]
-        assert torch.equal(param, before[name][1])
