@@ -54,6 +54,12 @@ class ServiceConfig:
     face_backend: str = "auto"
     train_python: Optional[str] = None
     train_env: dict = field(default_factory=dict)
+    #: keep face models loaded between jobs (else they are released after each inference)
+    keep_face_models: bool = True
+    #: check the sha256 of every present model file once, before the first model loads
+    verify_models: bool = False
+    #: number of people the UI's inference tab starts with
+    default_people: int = 1
 
 
 class Service:
@@ -77,6 +83,7 @@ class Service:
         self._models_lock = threading.Lock()
         self._engine: Optional[tuple[str, Any]] = None
         self._backends: dict[str, Any] = {}
+        self._verified = False
         self.jobs = JobRunner(self.config.data_dir, gpu_lock, cleanups={TRAIN: self._clean_train})
 
     # -- models (created on first use, kept between jobs) --------------------------------------
@@ -85,8 +92,32 @@ class Service:
 
         return DiffusersEngine(base_model=base_model, models_dir=self.config.models_dir)
 
+    def verify_models(self) -> list[str]:
+        """With ``config.verify_models``: the sha256 of every present model file with a known
+        checksum, once per process (:class:`ChecksumMismatch` names a bad file). Returns the
+        roles checked."""
+        from .weights import ModelStore
+
+        if not self.config.verify_models or self._verified:
+            return []
+        store = ModelStore(self.config.models_dir)
+        checked = [spec.role for spec in store.specs() if store.verify(spec.role) == "ok"]
+        self._verified = True
+        log.info("model files verified: %s", ", ".join(checked) or "none with a checksum")
+        return checked
+
+    def release_face_models(self) -> None:
+        """Unload every resident face backend (they load again on next use)."""
+        with self._models_lock:
+            backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            unload = getattr(backend, "unload", None)
+            if unload:
+                unload()
+
     def engine(self, base_model: str) -> Any:
         """The resident engine for ``base_model`` (a different base replaces it)."""
+        self.verify_models()
         with self._models_lock:
             if self._engine is None or self._engine[0] != base_model:
                 self.unload_engine()
@@ -104,6 +135,7 @@ class Service:
         from .face import get_face_backend
 
         name = name or self.config.face_backend
+        self.verify_models()
         with self._models_lock:
             if name not in self._backends:
                 self._backends[name] = get_face_backend(name, self.config.models_dir)
@@ -230,6 +262,14 @@ class Service:
                                 spans=INFER_SPANS, request=request.to_dict(), job_id=job_id)
 
     def _infer(self, ctx: JobContext, request: InferRequest, templates: list, choices) -> dict:
+        try:
+            return self._run_inference(ctx, request, templates, choices)
+        finally:
+            if not self.config.keep_face_models:
+                self.release_face_models()
+
+    def _run_inference(self, ctx: JobContext, request: InferRequest, templates: list,
+                       choices) -> dict:
         from PIL import Image
 
         from .infer.batch import BatchOptions, load_template, run_batch

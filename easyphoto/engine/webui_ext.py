@@ -122,7 +122,10 @@ def runtime(host: Host) -> Runtime:
     folders = host_model_folders(host)
     os.environ[HOST_FOLDERS_ENV] = json.dumps({k: str(v) for k, v in folders.items()})
     config = ServiceConfig(data_dir=host_data_dir(host), models_dir=host_models_root(host),
-                           face_backend=str(setting(host, "easyphoto_face_backend")))
+                           face_backend=str(setting(host, "easyphoto_face_backend")),
+                           keep_face_models=bool(setting(host, "easyphoto_cache_models")),
+                           verify_models=bool(setting(host, "easyphoto_check_hashes")),
+                           default_people=int(setting(host, "easyphoto_default_num_faces")))
     service = Service(config, engine_factory=functools.partial(make_engine, host, lock),
                       gpu_lock=lock, on_lora_ready=functools.partial(lora_ready, host),
                       training_guard=functools.partial(free_vram, host),

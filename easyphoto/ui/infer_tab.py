@@ -66,14 +66,15 @@ class InferTab:
     def _people(self) -> None:
         c = self.c
         gr.Markdown("### 1 · Who")
-        c["people"] = gr.Slider(minimum=1, maximum=MAX_PEOPLE, step=1, value=1,
+        start = min(MAX_PEOPLE, max(1, int(getattr(self.service.config, "default_people", 1))))
+        c["people"] = gr.Slider(minimum=1, maximum=MAX_PEOPLE, step=1, value=start,
                                 label="Number of people", info="faces are counted left to right",
                                 elem_id=_id("people"))
         with gr.Row(elem_id=_id("users")):
             for number, slot in enumerate(USER_SLOTS, start=1):
                 c[slot] = gr.Dropdown(choices=[NO_USER], value=NO_USER,
                                       label=f"Face {number} (from the left)",
-                                      visible=number == 1, elem_id=_id(slot))
+                                      visible=number <= start, elem_id=_id(slot))
         c["refresh_users"] = gr.Button("Refresh user ids", size="sm",
                                        elem_id=_id("refresh_users"))
 

@@ -80,6 +80,19 @@ def test_settings_reach_the_service(make_host, tmp_path):
     assert service.config.face_backend == "lite" and service.config.data_dir == tmp_path / "ep"
     fake.shared.cmd_opts.easyphoto_face_backend = "full"   # the flag wins over the setting
     assert webui_ext.setting(fake.host, "easyphoto_face_backend") == "full"
+    config = service.config  # defaults of the three other settings
+    assert (config.keep_face_models, config.verify_models, config.default_people) == \
+        (True, False, 1)
+
+
+def test_model_settings_reach_the_service(make_host, tmp_path):
+    fake = make_host("a1111-1.10", opts={"easyphoto_cache_models": False,
+                                         "easyphoto_check_hashes": True,
+                                         "easyphoto_default_num_faces": 3,
+                                         "easyphoto_data_dir": str(tmp_path / "ep")})
+    config = webui_ext.runtime(fake.host).service.config
+    assert (config.keep_face_models, config.verify_models, config.default_people) == \
+        (False, True, 3)
 
 
 def test_tab_is_built_from_the_service(fake, monkeypatch):
