@@ -1,9 +1,10 @@
 """The engine's own ControlNet-inpaint denoising loop (SD1.5, regular 4-channel UNet).
 
 :func:`run_inpaint` computes what ``StableDiffusionControlNetInpaintPipeline.__call__`` computes
-for the engine's calls (one image, ``output_type="np"``, no IP-adapter, no guess mode), using
-the pipeline object's own preparation methods (prompt encoding, image and control
-preprocessing, scheduler set-up, initial latents), and draws the same random numbers from the
+for the engine's calls (one image, or a batch of same-size images with one prompt;
+``output_type="np"``, no IP-adapter, no guess mode), using the pipeline object's own
+preparation methods (prompt encoding, image and control preprocessing, scheduler set-up,
+initial latents), and draws the same random numbers from the
 call's generator in the same order, so it returns the pipeline's image (bit-identical on the
 CPU; the tests compare them). What it does differently is how the loop runs:
 
@@ -146,7 +147,8 @@ def keep_scales(weights: Sequence[float], starts: Sequence[float], ends: Sequenc
 @torch.no_grad()
 def run_inpaint(pipe, kwargs: dict, aids: Optional[LoopAids] = None) -> np.ndarray:
     """``pipe(**kwargs).images`` (the engine's inpaint arguments, ``output_type="np"``):
-    (1, H, W, 3) floats in [0, 1]."""
+    (N, H, W, 3) floats in [0, 1]. A batch of N same-size images with one prompt: ``image`` and
+    ``mask_image`` lists, each ControlNet's ``control_image`` a list, ``generator`` a list."""
     aids = aids or LoopAids()
     lap = aids.lap
     loop = _prepare(pipe, kwargs, aids)
@@ -172,17 +174,20 @@ def _prepare(pipe, kwargs: dict, aids: LoopAids) -> _Loop:
         else encode(pipe, *prompts)
     aids.lap("prompt")
     width, height = kwargs["width"], kwargs["height"]
+    count = len(batch_of(kwargs["image"]))
+    embeds = _per_image(embeds, count, cfg)
     nets = list(pipe.controlnet.nets)
     conds = []
-    for net, image in zip(nets, kwargs["control_image"]):
-        if _as_requested(image, width, height):
-            prepared = device_image(image, device).repeat_interleave(1, dim=0)
+    for net, images in zip(nets, kwargs["control_image"]):
+        images = batch_of(images)
+        if all(_as_requested(image, width, height) for image in images):
+            prepared = torch.cat([device_image(image, device) for image in images])
             prepared = prepared.to(dtype=control_dtype)
             prepared = torch.cat([prepared] * 2) if cfg else prepared
         else:  # the processor resizes; the engine never asks for it
             prepared = pipe.prepare_control_image(
-                image=image, width=width, height=height, batch_size=1, num_images_per_prompt=1,
-                device=device, dtype=control_dtype, crops_coords=None,
+                image=images, width=width, height=height, batch_size=count,
+                num_images_per_prompt=1, device=device, dtype=control_dtype, crops_coords=None,
                 resize_mode="default", do_classifier_free_guidance=cfg, guess_mode=False)
         conds.append(net.controlnet_cond_embedding(prepared))
     aids.lap("controls")
@@ -201,26 +206,44 @@ def _latents(pipe, kwargs: dict, dtype: torch.dtype) -> tuple:
 
     device, generator = _first(pipe.unet).device, kwargs["generator"]
     width, height, strength = kwargs["width"], kwargs["height"], kwargs["strength"]
-    image = kwargs["image"]
-    if _as_requested(image, width, height) and pipe.image_processor.config.do_normalize:
-        image = 2.0 * device_image(image, device) - 1.0  # the processor's normalisation
+    images = batch_of(kwargs["image"])
+    count = len(images)
+    if all(_as_requested(i, width, height) for i in images) and \
+            pipe.image_processor.config.do_normalize:  # the processor's normalisation
+        image = 2.0 * torch.cat([device_image(i, device) for i in images]) - 1.0
     else:  # the processor resizes; the engine never asks for it
-        image = pipe.image_processor.preprocess(image, height=height, width=width,
+        image = pipe.image_processor.preprocess(kwargs["image"], height=height, width=width,
                                                 crops_coords=None, resize_mode="default")
     mask = pipe.mask_processor.preprocess(kwargs["mask_image"], height=height, width=width,
                                           resize_mode="default", crops_coords=None)
     pipe.scheduler.set_timesteps(kwargs["num_inference_steps"], device=device)
     timesteps, _ = pipe.get_timesteps(kwargs["num_inference_steps"], strength, device)
     latents, noise, image_latents = pipe.prepare_latents(
-        1, pipe.vae.config.latent_channels, height, width, dtype, device, generator,
-        image=image.to(dtype=torch.float32), timestep=timesteps[:1].repeat(1),
+        count, pipe.vae.config.latent_channels, height, width, dtype, device, generator,
+        image=image.to(dtype=torch.float32), timestep=timesteps[:1].repeat(count),
         is_strength_max=strength == 1.0, return_noise=True, return_image_latents=True)
     grid = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     mask = torch.nn.functional.interpolate(mask, size=grid).to(device=device, dtype=dtype)
-    # the pipeline VAE-encodes the masked image here, which draws one posterior sample
-    randn_tensor((1, pipe.vae.config.latent_channels, *grid), generator=generator,
+    # the pipeline VAE-encodes the masked image here, which draws one posterior sample each
+    randn_tensor((count, pipe.vae.config.latent_channels, *grid), generator=generator,
                  device=device, dtype=_first(pipe.vae).dtype)
     return latents, noise, image_latents, mask, timesteps
+
+
+def batch_of(value) -> list:
+    """A call's images as a list (one PIL image, or a list of them for a batch)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _per_image(embeds: torch.Tensor, count: int, cfg: bool) -> torch.Tensor:
+    """One prompt's embeddings for ``count`` images, in the pipeline's order
+    (all unconditional rows, then all conditional ones)."""
+    if count == 1:
+        return embeds
+    if not cfg:
+        return embeds.repeat(count, 1, 1)
+    uncond, cond = embeds.chunk(2)
+    return torch.cat([uncond.repeat(count, 1, 1), cond.repeat(count, 1, 1)])
 
 
 def _first(module) -> torch.Tensor:

@@ -260,8 +260,7 @@ class ValidationRenderer:
         (H, W, 3) uint8 image per input; input i's noise comes from ``seeds[i]`` alone.
         ``cancel`` is checked after every denoising step."""
         if self.loop is not None:
-            return [self.loop.inpaint(item, seed, self.request, cancel)
-                    for item, seed in zip(batch, seeds)]
+            return self.loop.inpaint(batch, seeds, self.request, cancel)
         height, width = batch[0].image.shape[:2]
         r = self.request
         kwargs = dict(prompt=[CAPTION] * len(batch), height=height, width=width,
@@ -351,8 +350,9 @@ class ValidationRenderer:
 
 class OwnLoop:
     """Validation renders through the inference engine's own denoising loop
-    (:func:`easyphoto.engine.denoise.run_inpaint`: the pipeline's computation, one template per
-    call) with the UNet + canny ControlNet step replayed as a CUDA graph on CUDA.
+    (:func:`easyphoto.engine.denoise.run_inpaint`: the pipeline's computation, the templates of
+    one working size in one batched call) with the UNet + canny ControlNet step replayed as a
+    CUDA graph on CUDA.
 
     The graph reads the LoRA parameters where they live; the in-place LoRA switch copies each
     checkpoint into those same tensors, so one capture serves every checkpoint. A checkpoint
@@ -382,22 +382,24 @@ class OwnLoop:
     def lora_mode(self, mode: str, step: int) -> None:
         self.mode, self.step = mode, step
 
-    def inpaint(self, item: ValidationInput, seed: int, request: TrainRequest,
-                cancel: Optional[CancelToken] = None) -> np.ndarray:
-        """One template's render (H, W, 3) uint8, its noise from ``seed``."""
+    def inpaint(self, batch: Sequence[ValidationInput], seeds: Sequence[int],
+                request: TrainRequest, cancel: Optional[CancelToken] = None) -> list:
+        """Same-size inputs in one call → one (H, W, 3) uint8 render each; input i's noise
+        comes from ``seeds[i]`` alone (as in the pipeline's batched call)."""
         from ..engine.denoise import LoopAids, run_inpaint
         from .lora import tf32_matmuls
 
         if cancel is not None:
             cancel.check()
-        height, width = item.image.shape[:2]
+        height, width = batch[0].image.shape[:2]
         kwargs = dict(prompt=CAPTION, negative_prompt=None, height=height, width=width,
-                      image=Image.fromarray(item.image), mask_image=Image.fromarray(item.mask),
+                      image=[Image.fromarray(p.image) for p in batch],
+                      mask_image=[Image.fromarray(p.mask) for p in batch],
                       strength=request.validation_strength,
                       num_inference_steps=request.validation_sample_steps,
                       guidance_scale=request.validation_cfg, output_type="np",
-                      generator=torch.Generator("cpu").manual_seed(seed),
-                      control_image=[Image.fromarray(item.control)],
+                      generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                      control_image=[[Image.fromarray(p.control) for p in batch]],
                       controlnet_conditioning_scale=[CANNY_WEIGHT],
                       control_guidance_start=[0.0], control_guidance_end=[1.0])
         in_place = self.mode == IN_PLACE
@@ -405,7 +407,7 @@ class OwnLoop:
                         token=("validation", IN_PLACE) if in_place else ("step", self.step))
         with tf32_matmuls(torch.device(self.pipe.device)):  # the fp32 LoRA branches
             images = run_inpaint(self.pipe, kwargs, aids)
-        return np.rint(np.asarray(images[0]) * 255.0).clip(0, 255).astype(np.uint8)
+        return [np.rint(np.asarray(i) * 255.0).clip(0, 255).astype(np.uint8) for i in images]
 
 
 def render_validation(components: TrainComponents, lora_path: Union[str, Path],

@@ -380,21 +380,23 @@ def test_shipped_validation_templates_are_public_domain_portraits_with_faces():
     assert not [p for p in TEMPLATES_DIR.iterdir() if p.suffix.lower() in (".jpg", ".png")]
 
 
-@pytest.mark.parametrize("live_adapter", [False, True])
+@pytest.mark.parametrize("live_adapter, batch", [(False, 1), (True, 1), (True, 4)])
 def test_own_loop_renders_what_the_pipeline_renders(lora_files, templates, request_, tmp_path,
-                                                    live_adapter):
+                                                    live_adapter, batch):
     """The engine's own loop (used on CUDA, where it replays the step as a CUDA graph) gives
     the pipeline's renders, for a checkpoint switched in place (training's live adapter) and
-    one loaded as an adapter; the graph-free CPU run checks the arithmetic."""
+    one loaded as an adapter, one template per call or four in one batch (each with its own
+    seed); the graph-free CPU run checks the arithmetic."""
     models = build_tiny_sd15(0, controlnets=("canny",))
     if live_adapter:
         add_lora([models.unet, models.text_encoder], seed=99)
-    out = {}
+    out, four = {}, [*templates, *(dataclasses.replace(t, name=t.name + "-2") for t in templates)]
+    four = four if batch > 1 else four[:3]
     for own in (False, True):
         renderer = ValidationRenderer(components(models), request_, resolution=TINY_PX,
-                                      max_batch=1, own_loop=own)
+                                      max_batch=batch, own_loop=own)
         assert (renderer.loop is not None) == own
-        renders = [renderer.render(lora_files[step], step, templates, tmp_path / f"{own}{step}")
+        renders = [renderer.render(lora_files[step], step, four, tmp_path / f"{own}{step}")
                    for step in (100, 200)]
         assert renderer.lora_modes == dict.fromkeys((100, 200),
                                                     IN_PLACE if live_adapter else ADAPTER)
@@ -403,6 +405,8 @@ def test_own_loop_renders_what_the_pipeline_renders(lora_files, templates, reque
         for by_pipeline, by_loop in zip(pipeline_run, loop_run):
             np.testing.assert_array_equal(by_loop, by_pipeline)
     assert np.abs(out[True][0][0].astype(int) - out[True][1][0]).max() > 10  # LoRA switched
+    # a template's render depends on its seed (its place), not on its batch companions
+    assert np.abs(out[True][0][0].astype(int) - out[True][0][2]).max() > 0
 
 
 def test_own_loop_is_off_where_it_does_not_apply(tiny, request_):
