@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 TRAIN, INFER = "train", "infer"
 #: Overall progress bar: the share of a training job each stage covers.
-TRAIN_SPANS = {"preprocess": (0.0, 0.08), "latents": (0.08, 0.12), "train": (0.12, 0.85),
+TRAIN_SPANS = {"preprocess": (0.0, 0.08), "templates": (0.08, 0.1), "latents": (0.1, 0.12),
+               "train": (0.12, 0.85),
                "validation": (0.85, 0.99), "done": (0.99, 1.0)}
 INFER_SPANS = {"template": (0.0, 0.1), "infer": (0.1, 1.0)}
 MAX_PHOTOS_UPLOAD = 40

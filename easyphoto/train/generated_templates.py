@@ -29,6 +29,7 @@ import torch
 from .. import __version__
 from ..errors import InvalidRequest
 from ..params import TINY_RANDOM
+from ..progress import CancelToken, Progress, ProgressFn, no_progress
 from ..store import atomic_write_bytes, atomic_write_json
 from .components import TrainComponents
 
@@ -135,19 +136,26 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def generated_templates(components: TrainComponents, wanted: Sequence[Recipe], cache: Path,
-                        count: int) -> list[Path]:
+                        count: int, progress: ProgressFn = no_progress,
+                        cancel: Optional[CancelToken] = None) -> list[Path]:
     """Paths of the first ``count`` recipes' images for this base model, rendering (and
-    caching, with provenance) the ones not made yet. Empty for the tiny-random preset."""
+    caching, with provenance) the ones not made yet; ``Progress("templates", ...)`` per
+    recipe, ``cancel`` checked before each render. Empty for the tiny-random preset."""
     if count <= 0 or not wanted:
         return []
     if components.base_id == TINY_RANDOM:
         log.info("validation templates: none generated for %s (it renders noise)", TINY_RANDOM)
         return []
     folder = Path(cache) / base_key(components)
-    paths, pipe = [], None
-    for recipe in list(wanted)[:count]:
+    paths, pipe, chosen = [], None, list(wanted)[:count]
+    for done, recipe in enumerate(chosen):
         path = folder / f"{recipe.name}.png"
+        progress(Progress("templates", done, len(chosen),
+                          f"validation template {recipe.name}: "
+                          + ("cached" if path.is_file() else "generating with the base model")))
         if not path.is_file():
+            if cancel is not None:
+                cancel.check()
             started = time.monotonic()
             pipe = pipe or _txt2img_pipeline(components)
             atomic_write_bytes(path, _png(render(components, recipe, pipe)))
@@ -155,6 +163,7 @@ def generated_templates(components: TrainComponents, wanted: Sequence[Recipe], c
             log.info("validation template %s generated in %.1f s", path.name,
                      time.monotonic() - started)
         paths.append(path)
+    progress(Progress("templates", len(chosen), len(chosen), "validation templates ready"))
     return paths
 
 

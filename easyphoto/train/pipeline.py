@@ -86,7 +86,8 @@ def training_stage(run_dir: Path, request: TrainRequest, dataset_dir: Path, kept
 
 
 def template_generation_stage(components, models_dir: Optional[Path],
-                              limit: int = VALIDATION_TEMPLATES) -> list:
+                              limit: int = VALIDATION_TEMPLATES, progress: ProgressFn = no_progress,
+                              cancel: Optional[CancelToken] = None) -> list:
     """Validation templates made by the base model (before training adds its LoRA) where
     ``templates/validation`` holds fewer than ``limit`` images; cached per base model."""
     from .generated_templates import default_cache, generated_templates, missing_count, recipes
@@ -94,7 +95,8 @@ def template_generation_stage(components, models_dir: Optional[Path],
 
     available = len(template_files(TEMPLATES_DIR)) if TEMPLATES_DIR.is_dir() else 0
     return generated_templates(components, recipes(TEMPLATES_DIR / "manifest.json"),
-                               default_cache(models_dir), missing_count(available, limit))
+                               default_cache(models_dir), missing_count(available, limit),
+                               progress, cancel)
 
 
 def validation_stage(run_dir: Path, request: TrainRequest, components, checkpoints, prep,
@@ -142,7 +144,8 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
     generated = []
     if request.validation:
         with _timed(timings, "validation_templates"):
-            generated = template_generation_stage(components, models_dir)
+            generated = template_generation_stage(components, models_dir, progress=progress,
+                                                  cancel=cancel)
     with _timed(timings, "train"):
         output = training_stage(run_dir, request, prep.dataset_dir, prep.kept, components,
                                 progress, cancel)

@@ -138,3 +138,24 @@ def test_the_training_generates_only_what_the_folder_lacks(tiny, tmp_path, monke
     paths = pipeline.template_generation_stage(components(tiny), tmp_path / "models")
     assert [p.name for p in paths] == ["portrait-0.png", "portrait-1.png", "portrait-2.png"]
     assert all(p.is_file() and p.is_relative_to(tmp_path / "models") for p in paths)
+
+
+def test_generation_reports_progress_and_can_be_cancelled(tiny, tmp_path, monkeypatch):
+    from easyphoto.progress import CancelToken, Cancelled
+
+    monkeypatch.setattr(gen, "render", lambda parts, item, pipe=None:
+                        np.full((64, 64, 3), item.seed, np.uint8))
+    wanted = [recipe(f"portrait-{i}", seed=i) for i in range(1, 4)]
+    events = []
+    gen.generated_templates(components(tiny), wanted[:1], tmp_path, 1, progress=events.append)
+    events.clear()
+    gen.generated_templates(components(tiny), wanted, tmp_path, 3, progress=events.append)
+    assert [(e.stage, e.done, e.total) for e in events] == [
+        ("templates", 0, 3), ("templates", 1, 3), ("templates", 2, 3), ("templates", 3, 3)]
+    assert "cached" in events[0].message and "generating" in events[1].message
+    token = CancelToken()
+    token.cancel()
+    more = [recipe("portrait-9", seed=9)]
+    with pytest.raises(Cancelled):
+        gen.generated_templates(components(tiny), more, tmp_path, 1, cancel=token)
+    assert not (tmp_path / gen.base_key(components(tiny)) / "portrait-9.png").exists()
