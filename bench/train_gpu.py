@@ -53,10 +53,13 @@ def speedups_of(way: str):
 VARIANTS = (("graph", {}), ("graph+channels_last", {"channels_last": True}),
             ("graph+cudnn_attention", {"attention": "cudnn"}),
             ("graph+flash_attention", {"attention": "flash"}),
-            ("graph+channels_last+cudnn_attention", {"channels_last": True, "attention": "cudnn"}))
+            ("graph+channels_last+cudnn_attention", {"channels_last": True, "attention": "cudnn"}),
+            ("graph+master_weights", {"master_weights": True}),
+            ("graph+master_weights+channels_last", {"master_weights": True,
+                                                    "channels_last": True}))
 
 
-def run_variants(steps: int) -> dict:
+def run_variants(steps: int, only: str = "") -> dict:
     """Steps/s of the training step under each variant: same models and latent cache, a fresh
     LoRA per variant, 10 untimed steps (warm-up, graph capture), then ``steps`` timed steps
     read one by one like the training loop does."""
@@ -75,10 +78,13 @@ def run_variants(steps: int) -> dict:
                                request.random_flip, request.seed)
     rows = {}
     for name, changes in VARIANTS:
+        if only and name != "graph" and only not in name:  # "variants 150 master"
+            continue
         speedups = dataclasses.replace(TrainSpeedups(), **changes)
         torch.cuda.reset_peak_memory_stats()
         with tf32_matmuls(components.device), _speedups_applied(components, speedups):
-            trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph)
+            trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph,
+                                  master_weights=speedups.master_weights)
             stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
             losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]
             start = _sync()
@@ -252,7 +258,8 @@ def main() -> None:
     elif way == "validation":
         result = run_validation_compare(int(sys.argv[2]) if len(sys.argv) > 2 else 200, out)
     elif way == "variants":
-        result = run_variants(int(sys.argv[2]) if len(sys.argv) > 2 else 150)
+        result = run_variants(int(sys.argv[2]) if len(sys.argv) > 2 else 150,
+                              sys.argv[3] if len(sys.argv) > 3 else "")
     else:
         from train_reference import run_reference
 

@@ -116,13 +116,19 @@ class LoraTrainer:
 
     def __init__(self, components, request: TrainRequest, total_steps: int,
                  micro_batch: Optional[int] = None, autocast: bool = True,
-                 graphable: bool = False):
+                 graphable: bool = False, master_weights: bool = False):
         self.c, self.request, self.total_steps = components, request, total_steps
         self.device = torch.device(components.device)
         self.samples = request.train_batch_size * request.gradient_accumulation_steps
         self.micro_batch = max(1, min(micro_batch or self.samples, self.samples))
         self.train_te = request.text_encoder_lr_scale > 0
         self._add_adapters()
+        #: fp32 copies the optimiser updates while the models' LoRA weights are half precision
+        #: (``master_weights`` with half-precision models: no autocast, no casts per layer)
+        self.masters: dict = {}
+        if master_weights and components.dtype != torch.float32:
+            self._keep_masters(components.dtype)
+            autocast = False
         self.generator = torch.Generator(self.device).manual_seed(request.seed)
         self.alphas = components.noise_scheduler.alphas_cumprod.to(self.device, torch.float32)
         self.prediction = components.noise_scheduler.config.get("prediction_type", "epsilon")
@@ -155,6 +161,19 @@ class LoraTrainer:
         self.lora_layers = [m for model in models for m in model.modules()
                             if isinstance(m, BaseTunerLayer)]
 
+    def _keep_masters(self, dtype: torch.dtype) -> None:
+        """fp32 master copy (with a gradient buffer) of every LoRA weight; the weights
+        themselves become ``dtype``."""
+        for param in self.unet_params + self.te_params:
+            master = param.detach().clone()
+            master.grad = torch.zeros_like(master)
+            self.masters[param] = master
+            param.data = param.data.to(dtype)
+
+    def _optimised(self, params: list) -> list:
+        """What the optimiser updates for ``params``: their masters, or themselves."""
+        return [self.masters[p] for p in params] if self.masters else params
+
     @staticmethod
     def _trainable(model) -> list:
         params = [p for name, p in model.named_parameters() if f".{ADAPTER}." in name]
@@ -170,9 +189,9 @@ class LoraTrainer:
         rates = [r.learning_rate, r.learning_rate * r.text_encoder_lr_scale]
         if self.graphable:  # the schedule writes into lr tensors the graph reads
             rates = [torch.tensor(rate, device=self.device) for rate in rates]
-        groups = [{"params": self.unet_params, "lr": rates[0]}]
+        groups = [{"params": self._optimised(self.unet_params), "lr": rates[0]}]
         if self.te_params:
-            groups.append({"params": self.te_params, "lr": rates[1]})
+            groups.append({"params": self._optimised(self.te_params), "lr": rates[1]})
         extra = {"fused": True, "capturable": self.graphable} if self.device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(groups, betas=(r.adam_beta1, r.adam_beta2),
                                       weight_decay=r.adam_weight_decay, eps=r.adam_epsilon,
@@ -262,12 +281,23 @@ class LoraTrainer:
             self.scaler.scale(loss).backward()
             total = loss.detach() if total is None else total + loss.detach()
         params = self.unet_params + self.te_params
+        if self.masters:  # half-precision gradients into the fp32 masters
+            masters = self._optimised(params)
+            torch._foreach_copy_([m.grad for m in masters], [p.grad for p in params])
+            params = masters
         if self.request.max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.request.max_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.masters:  # the updated masters back into the models' weights
+            with torch.no_grad():
+                weights = self.unet_params + self.te_params
+                torch._foreach_copy_(weights, self._optimised(weights))
+                for weight in weights:
+                    weight.grad = None
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         return total
 
     # -- saving --------------------------------------------------------------------------------
@@ -279,9 +309,12 @@ class LoraTrainer:
         """The current LoRA as fp16 copies (on the device: later steps do not change them)."""
         from peft import get_peft_model_state_dict
 
-        def state(model):
+        masters = {p.data_ptr(): m for p, m in self.masters.items()}
+
+        def state(model):  # from the fp32 masters where there are masters
             raw = get_peft_model_state_dict(model, adapter_name=ADAPTER)
-            return {k: v.detach().to(SAVE_DTYPE, copy=True) for k, v in raw.items()}
+            return {k: masters.get(v.data_ptr(), v).detach().to(SAVE_DTYPE, copy=True)
+                    for k, v in raw.items()}
 
         r = self.request
         te_states = [state(te) for te in self.c.text_encoders] if self.train_te else []
@@ -349,11 +382,14 @@ class TrainSpeedups:
     convolution kernels; restored afterwards).
     ``attention``: the scaled-dot-product attention kernels tried first — ``"default"``
     (PyTorch's order), ``"cudnn"`` (cuDNN's fused attention first) or ``"flash"``.
+    ``master_weights``: the LoRA weights in the models' half precision and no autocast, the
+    optimiser updating fp32 master copies (checkpoints are saved from the masters).
     """
 
     cuda_graph: bool = True
     channels_last: bool = False
     attention: str = "default"
+    master_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_ORDERS:
@@ -432,7 +468,8 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
         cache = build_latent_cache(components, dataset_dir, request.resolution,
                                    request.random_flip, request.seed, progress)
         trainer = LoraTrainer(components, request, total_steps, micro_batch,
-                              graphable=speedups.cuda_graph)
+                              graphable=speedups.cuda_graph,
+                              master_weights=speedups.master_weights)
         seconds["latents"] = time.monotonic() - started
         output = TrainOutput(seconds=seconds)
         if trainer.graphable:

@@ -250,3 +250,55 @@ def test_a_failed_checkpoint_write_is_reported(dataset, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left on device"):
         run(dataset, tmp_path, 7)
     assert (tmp_path / "checkpoint-3.safetensors").is_file()
+
+
+def _half_components(dtype=torch.bfloat16):
+    """The tiny models in half precision on the CPU (what a GPU run trains with)."""
+    import dataclasses
+
+    components = load_components("tiny-random", sdxl=False, device="cpu", with_canny=False)
+    for model in (components.unet, components.vae, *components.text_encoders):
+        model.to(dtype)
+    return dataclasses.replace(components, dtype=dtype)
+
+
+def test_master_weights_train_half_weights_from_fp32_masters(tmp_path):
+    """``master_weights``: the models' LoRA weights stay in half precision and always equal
+    the optimiser's fp32 masters rounded; the loss falls on a fixed batch; checkpoints are
+    written from the masters."""
+    data = write_dataset(tmp_path / "one", sizes=((RES, RES),))
+    components = _half_components()
+    req = request(rank=8, network_alpha=8, learning_rate=3e-3, random_flip=False).resolved()
+    cache = build_latent_cache(components, data, RES, False, req.seed)
+    trainer = LoraTrainer(components, req, total_steps=30, master_weights=True)
+    weights = trainer.unet_params + trainer.te_params
+    assert trainer.masters and trainer.autocast_dtype is None
+    assert all(w.dtype == torch.bfloat16 for w in weights)
+    assert all(trainer.masters[w].dtype == torch.float32 for w in weights)
+    start = {w: trainer.masters[w].clone() for w in weights}
+    batch = trainer.draw_batch(cache)
+    losses = [float(trainer.step(batch)) for _ in range(30)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert any(not torch.equal(trainer.masters[w], start[w]) for w in weights)
+    for weight in weights:
+        assert torch.equal(weight.detach(), trainer.masters[weight].to(torch.bfloat16))
+        assert weight.grad is None
+    saved = load_kohya_lora(trainer.save(tmp_path / "ckpt.safetensors", 30)).unet
+    from peft import get_peft_model_state_dict
+
+    from easyphoto.train.lora import ADAPTER
+
+    live = get_peft_model_state_dict(components.unet, adapter_name=ADAPTER)
+    masters = {w.data_ptr(): m for w, m in trainer.masters.items()}
+    assert saved.keys() == live.keys()
+    for key, tensor in saved.items():
+        master = masters[live[key].data_ptr()]
+        assert torch.equal(tensor, master.half())  # from the master, not the bf16 weight
+    assert any(not torch.equal(saved[k], live[k].half()) for k in saved)
+
+
+def test_master_weights_are_off_for_fp32_models(dataset):
+    components = load_components("tiny-random", sdxl=False, device="cpu", with_canny=False)
+    trainer = LoraTrainer(components, request().resolved(), total_steps=2, master_weights=True)
+    assert trainer.masters == {}
+    assert all(p.dtype == torch.float32 for p in trainer.unet_params)
