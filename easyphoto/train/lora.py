@@ -283,6 +283,9 @@ class LoraTrainer:
         params = self.unet_params + self.te_params
         if self.masters:  # half-precision gradients into the fp32 masters
             masters = self._optimised(params)
+            for master in masters:  # (``zero_grad(set_to_none=True)`` drops the buffers)
+                if master.grad is None:
+                    master.grad = torch.empty_like(master)
             torch._foreach_copy_([m.grad for m in masters], [p.grad for p in params])
             params = masters
         if self.request.max_grad_norm > 0:
