@@ -50,10 +50,12 @@ def speedups_of(way: str):
 
 
 #: (name, TrainSpeedups changes) timed by ``variants``.
-VARIANTS = (("graph", {}), ("graph+channels_last", {"channels_last": True}),
-            ("graph+cudnn_attention", {"attention": "cudnn"}),
-            ("graph+flash_attention", {"attention": "flash"}),
-            ("graph+channels_last+cudnn_attention", {"channels_last": True, "attention": "cudnn"}),
+OFF = {"master_weights": False}  # the variants measured before master weights existed
+VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": True}),
+            ("graph+cudnn_attention", {**OFF, "attention": "cudnn"}),
+            ("graph+flash_attention", {**OFF, "attention": "flash"}),
+            ("graph+channels_last+cudnn_attention", {**OFF, "channels_last": True,
+                                                     "attention": "cudnn"}),
             ("graph+master_weights", {"master_weights": True}),
             ("graph+master_weights+channels_last", {"master_weights": True,
                                                     "channels_last": True}))
@@ -84,7 +86,7 @@ def run_variants(steps: int, only: str = "") -> dict:
         torch.cuda.reset_peak_memory_stats()
         with tf32_matmuls(components.device), _speedups_applied(components, speedups):
             trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph,
-                                  master_weights=speedups.master_weights)
+                                  master_weights=speedups.masters_for(components.dtype))
             stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
             losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]
             start = _sync()

@@ -386,13 +386,20 @@ class TrainSpeedups:
     ``attention``: the scaled-dot-product attention kernels tried first — ``"default"``
     (PyTorch's order), ``"cudnn"`` (cuDNN's fused attention first) or ``"flash"``.
     ``master_weights``: the LoRA weights in the models' half precision and no autocast, the
-    optimiser updating fp32 master copies (checkpoints are saved from the masters).
+    optimiser updating fp32 master copies (checkpoints are saved from the masters); ``None``
+    = on for bf16 models (bf16 has fp32's range), off for fp16 (autocast keeps the norms in
+    fp32 there). Measured on an H100 (bf16, 150 graphed steps): 70.0 → 59.7 ms per step, the
+    same loss trajectory, 8.2 → 7.3 GiB peak.
     """
+
+    def masters_for(self, dtype: torch.dtype) -> bool:
+        """Whether a model set of ``dtype`` trains with fp32 master weights."""
+        return dtype == torch.bfloat16 if self.master_weights is None else self.master_weights
 
     cuda_graph: bool = True
     channels_last: bool = False
     attention: str = "default"
-    master_weights: bool = False
+    master_weights: Optional[bool] = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_ORDERS:
@@ -472,7 +479,7 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
                                    request.random_flip, request.seed, progress)
         trainer = LoraTrainer(components, request, total_steps, micro_batch,
                               graphable=speedups.cuda_graph,
-                              master_weights=speedups.master_weights)
+                              master_weights=speedups.masters_for(components.dtype))
         seconds["latents"] = time.monotonic() - started
         output = TrainOutput(seconds=seconds)
         if trainer.graphable:

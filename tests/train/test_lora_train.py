@@ -303,3 +303,21 @@ def test_master_weights_are_off_for_fp32_models(dataset):
     trainer = LoraTrainer(components, request().resolved(), total_steps=2, master_weights=True)
     assert trainer.masters == {}
     assert all(p.dtype == torch.float32 for p in trainer.unet_params)
+
+
+def test_master_weights_by_default_for_bf16_only(tmp_path, dataset):
+    from easyphoto.train.lora import TrainSpeedups
+
+    assert TrainSpeedups().masters_for(torch.bfloat16)
+    assert not TrainSpeedups().masters_for(torch.float16)
+    assert not TrainSpeedups().masters_for(torch.float32)
+    assert not TrainSpeedups(master_weights=False).masters_for(torch.bfloat16)
+    assert TrainSpeedups(master_weights=True).masters_for(torch.float16)
+    with pytest.raises(InvalidRequest, match="attention"):
+        TrainSpeedups(attention="fastest")
+    components = _half_components()  # train_lora on bf16 models: masters, files from them
+    out = train_lora(components, dataset, request(), tmp_path, 3)
+    lora = load_kohya_lora(out.checkpoints[-1].path)
+    assert lora.rank == 4 and all(t.dtype == torch.float16 for t in lora.unet.values())
+    assert all(p.dtype == torch.bfloat16 for n, p in components.unet.named_parameters()
+               if ".lora_" in n)
