@@ -159,3 +159,12 @@ def test_generation_reports_progress_and_can_be_cancelled(tiny, tmp_path, monkey
     with pytest.raises(Cancelled):
         gen.generated_templates(components(tiny), more, tmp_path, 1, cancel=token)
     assert not (tmp_path / gen.base_key(components(tiny)) / "portrait-9.png").exists()
+
+
+def test_sdxl_renders_at_twice_the_recipe_size():
+    from easyphoto.train.loading import load_components
+
+    parts = dataclasses.replace(load_components("tiny-random", sdxl=True, device="cpu",
+                                                with_canny=False), base_id="xl-under-test")
+    image = gen.render(parts, recipe(width=64, height=128))
+    assert image.shape == (256, 128, 3) and image.dtype == np.uint8
