@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 _REQUIRED = ("shared", "processing", "scripts", "script_callbacks", "sd_models", "sd_vae",
              "call_queue", "paths", "sd_samplers")
-_OPTIONAL = ("paths_internal", "launch_utils", "sd_schedulers")
+_OPTIONAL = ("paths_internal", "launch_utils", "sd_schedulers", "progress")
 #: The data folder's name under the host's outputs folder.
 DATA_FOLDER = "easyphoto"
 #: EasyPhoto's own models (face, annotators) under the host's models folder.
@@ -68,6 +68,7 @@ class Host:
     paths_internal: Any = None
     launch_utils: Any = None
     sd_schedulers: Any = None
+    progress: Any = None
     main_entry: Any = None
     flavour: str = "a1111"
     version: Version | None = None
@@ -124,10 +125,15 @@ def load_host() -> Host:
 class HostGpuLock:
     """``queue_lock`` + ``shared.state``, re-entrant for its owning thread.
 
-    The outermost ``__enter__`` takes the host's queue lock and calls ``state.begin(job=...)``;
-    the outermost ``__exit__`` first undoes every setting recorded with :meth:`remember` (last
-    first), then ``state.end()`` and releases the lock. EasyPhoto's job runner holds it for a
-    whole job; the engine enters it again per call (a no-op re-entry on the same thread).
+    The outermost ``__enter__`` takes the host's queue lock, calls ``state.begin(job=...)`` and
+    registers the job as the host's current task (``modules.progress``: the id from
+    ``create_task_id`` on 1.8+, an id of the same shape before; queued, then started), so the
+    WebUI's progress and pending-task endpoints see it; the outermost ``__exit__`` first undoes
+    every setting recorded with :meth:`remember` (last first), finishes the task, then
+    ``state.end()`` and releases the lock. EasyPhoto's job runner holds it for a whole job; the
+    engine enters it again per call (a no-op re-entry on the same thread). The task
+    bookkeeping never fails a job: a host whose ``progress`` module differs is logged and
+    skipped.
     """
 
     def __init__(self, host: Host, job: str = "easyphoto") -> None:
@@ -135,6 +141,7 @@ class HostGpuLock:
         self._owner: int | None = None
         self._depth = 0
         self._restores: list[tuple[str, Any, Callable[[Any], None]]] = []
+        self.task: str | None = None  # the host task id while held
 
     @property
     def held(self) -> bool:
@@ -152,7 +159,30 @@ class HostGpuLock:
             self.host.call_queue.queue_lock.release()
             raise
         self._owner, self._depth = threading.get_ident(), 1
+        self._start_task()
         return self
+
+    def _start_task(self) -> None:
+        progress = self.host.progress
+        if progress is None or not hasattr(progress, "start_task"):
+            return
+        try:
+            make = getattr(progress, "create_task_id", None)  # 1.8+
+            task = make(self.job) if make else f"task({self.job}-{os.urandom(8).hex()[:15]})"
+            if hasattr(progress, "add_task_to_queue"):
+                progress.add_task_to_queue(task)
+            progress.start_task(task)
+            self.task = task
+        except Exception:
+            logger.debug("EasyPhoto: the host's task list did not take the job", exc_info=True)
+
+    def _finish_task(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            try:
+                self.host.progress.finish_task(task)
+            except Exception:
+                logger.debug("EasyPhoto: could not finish host task %s", task, exc_info=True)
 
     def __exit__(self, *exc_info: object) -> bool:
         self._depth -= 1
@@ -167,6 +197,7 @@ class HostGpuLock:
                     logger.exception("EasyPhoto: could not restore the host's %s", key)
         finally:
             try:
+                self._finish_task()
                 self.host.shared.state.end()
             finally:
                 self._owner = None
