@@ -58,7 +58,9 @@ VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": Tru
                                                      "attention": "cudnn"}),
             ("graph+master_weights", {"master_weights": True}),
             ("graph+master_weights+channels_last", {"master_weights": True,
-                                                    "channels_last": True}))
+                                                    "channels_last": True}),
+            ("graph+master_weights+cudnn_benchmark", {"master_weights": True,
+                                                      "cudnn_benchmark": True}))
 
 
 def run_variants(steps: int, only: str = "") -> dict:
@@ -69,8 +71,8 @@ def run_variants(steps: int, only: str = "") -> dict:
 
     from easyphoto.params import TrainRequest
     from easyphoto.train.latent_cache import build_latent_cache
-    from easyphoto.train.lora import (LoraTrainer, TrainSpeedups, _speedups_applied, tf32_matmuls,
-                                      remove_lora)
+    from easyphoto.train.lora import (LoraTrainer, TrainSpeedups, _speedups_applied,
+                                      remove_lora, tf32_matmuls)
     from easyphoto.train.step_graph import GraphedSteps
     from random_models import random_components
 
@@ -82,6 +84,8 @@ def run_variants(steps: int, only: str = "") -> dict:
     for name, changes in VARIANTS:
         if only and name != "graph" and only not in name:  # "variants 150 master"
             continue
+        changes = dict(changes)  # "cudnn_benchmark": torch's flag, for that variant only
+        torch.backends.cudnn.benchmark = changes.pop("cudnn_benchmark", False)
         speedups = dataclasses.replace(TrainSpeedups(), **changes)
         torch.cuda.reset_peak_memory_stats()
         with tf32_matmuls(components.device), _speedups_applied(components, speedups):
@@ -92,6 +96,7 @@ def run_variants(steps: int, only: str = "") -> dict:
             start = _sync()
             losses += [float(stepper(trainer.draw_batch(cache))) for _ in range(steps)]
             elapsed = _sync() - start
+        torch.backends.cudnn.benchmark = False
         rows[name] = {"steps_per_s": round(steps / elapsed, 3),
                       "ms_per_step": round(1000 * elapsed / steps, 2),
                       "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
@@ -104,8 +109,8 @@ def run_variants(steps: int, only: str = "") -> dict:
 
 
 def run_validation_compare(steps: int, out: Path) -> dict:
-    """Validation alone, both ways, on the checkpoints of a short training: the diffusers
-    pipeline (4 templates per call) and the own loop (one template per call, CUDA graph)."""
+    """Validation alone on the checkpoints of a short training: the diffusers pipeline, the
+    own loop (CUDA graph) with the LoRA branches, the own loop with each checkpoint merged."""
     from easyphoto.face.lite import LiteBackend
     from easyphoto.params import TrainRequest
     from easyphoto.train.lora import train_lora
@@ -119,24 +124,51 @@ def run_validation_compare(steps: int, out: Path) -> dict:
     templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
                                      backend=LiteBackend())
     rows = {}
-    for own in (False, True, True):  # the second own-loop pass: graphs already captured
-        renderer = ValidationRenderer(components, request, own_loop=own)
+    # the second pass of each own-loop way: its graph already captured
+    for name, own, merge in (("pipeline", False, False), ("own", True, False),
+                             ("own", True, False), ("own+merged", True, True),
+                             ("own+merged", True, True)):
+        renderer = ValidationRenderer(components, request, own_loop=own, merge_lora=merge)
         start = _sync()
         render_all_checkpoints(components, output.checkpoints, templates, request,
-                               out / f"validation-{own}", renderer=renderer)
+                               out / f"validation-{name}", renderer=renderer)
         row = {"render_s": round(_sync() - start, 3),
                "checkpoints": len(output.checkpoints), "templates": len(templates),
                **{k: round(v, 3) for k, v in renderer.seconds.items()}}
         if renderer.loop is not None:
             row["captures"] = renderer.loop.graphs.captures
-        rows["own_loop" if own else "pipeline"] = row
-        print(f"VALIDATION {'own' if own else 'pipeline'} {row}", flush=True)
+        rows[name] = row
+        print(f"VALIDATION {name} {row}", flush=True)
     return {"way": "validation", "steps": steps, "validation": rows}
 
 
+#: kernel-name fragments → the category a profile sums them under (first match wins)
+KERNEL_KINDS = (("layout", ("nchwToNhwc", "nhwcToNchw", "transpose", "Transpose")),
+                ("attention", ("flash", "fmha", "attention", "Attention")),
+                ("norm", ("group_norm", "GroupNorm", "layer_norm", "LayerNorm", "welford")),
+                ("optimizer", ("adam", "Adam", "multi_tensor", "foreach")),
+                ("copy/cast", ("copy", "Copy", "cast")),
+                ("gemm/conv", ("gemm", "Gemm", "cutlass", "xmma", "conv", "Conv", "sm90", "sm80",
+                               "cudnn", "wgrad", "dgrad")),
+                ("elementwise", ("elementwise", "vectorized", "reduce", "Reduce")))
+
+
+def kernel_kinds(events, steps: int) -> dict:
+    """ms per step per :data:`KERNEL_KINDS` category of the profiled CUDA kernels."""
+    sums: dict = {}
+    for event in events:
+        ms = (event.device_time_total or 0) / 1000 / steps
+        if not ms:
+            continue
+        kind = next((k for k, parts in KERNEL_KINDS if any(p in event.key for p in parts)), "other")
+        sums[kind] = sums.get(kind, 0.0) + ms
+    return {k: round(v, 2) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])}
+
+
 def run_profile(steps: int) -> dict:
-    """torch.profiler over ``steps`` eager training steps (after 5 warm-up steps): the CUDA
-    kernels that take the time, grouped by name."""
+    """torch.profiler over ``steps`` eager training steps (after 5 warm-up steps) with the
+    default :class:`TrainSpeedups` precision (fp32 master weights): the CUDA kernels that take
+    the time, by name and by :data:`KERNEL_KINDS` category."""
     from torch.profiler import ProfilerActivity, profile
 
     from easyphoto.params import TrainRequest
@@ -149,7 +181,8 @@ def run_profile(steps: int) -> dict:
     cache = build_latent_cache(components, DATA / "dataset", request.resolution,
                                request.random_flip, request.seed)
     with tf32_matmuls(components.device):
-        trainer = LoraTrainer(components, request, steps + 5, graphable=False)
+        trainer = LoraTrainer(components, request, steps + 5, graphable=False,
+                              master_weights=True)
         for _ in range(5):
             float(trainer.step(trainer.draw_batch(cache)))
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -159,7 +192,8 @@ def run_profile(steps: int) -> dict:
     print(table, flush=True)
     events = prof.key_averages()
     total = sum(e.device_time_total for e in events if e.device_time_total) / 1000 / steps
-    return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2)}
+    return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2),
+            "ms_per_step_by_kind": kernel_kinds(events, steps)}
 
 
 def run_validation_profile(out: Path) -> dict:
@@ -194,6 +228,64 @@ def run_validation_profile(out: Path) -> dict:
             "seconds": {k: round(v, 3) for k, v in renderer.seconds.items()}}
 
 
+def run_overlap(steps: int, out: Path) -> dict:
+    """Whether validation can hide behind training: ``steps`` graphed training steps on one
+    model set and the validation of 2 checkpoints (own loop, merged LoRA) on a second set —
+    each alone, then both at once from two threads on two CUDA streams (training's stream
+    at high priority, then at equal priority)."""
+    import threading
+
+    from easyphoto.face.lite import LiteBackend
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.latent_cache import build_latent_cache
+    from easyphoto.train.lora import LoraTrainer, tf32_matmuls, train_lora
+    from easyphoto.train.step_graph import GraphedSteps
+    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints,
+                                          validation_templates)
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    second = random_components("sd15", dtype=torch.bfloat16, seed=1)
+    output = train_lora(second, DATA / "dataset", request, out / "checkpoints", 200)
+    templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
+                                     backend=LiteBackend())
+    renderer = ValidationRenderer(second, request)
+    first = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    cache = build_latent_cache(first, DATA / "dataset", request.resolution,
+                               request.random_flip, request.seed)
+    rows: dict = {}
+    with tf32_matmuls(first.device):
+        trainer = LoraTrainer(first, request, 10 * steps, graphable=True, master_weights=True)
+        stepper = GraphedSteps(trainer)
+
+        def train(stream) -> None:
+            with torch.cuda.stream(stream):
+                for _ in range(steps):
+                    float(stepper(trainer.draw_batch(cache)))
+
+        def validate(stream) -> None:
+            with torch.cuda.stream(stream):
+                render_all_checkpoints(second, output.checkpoints, templates, request,
+                                       out / "validation", renderer=renderer)
+
+        high, low = torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0)
+        train(high), validate(low)  # warm: both graphs captured
+        torch.cuda.synchronize()
+        for name, jobs in (("train_alone", [(train, high)]), ("validate_alone", [(validate, low)]),
+                           ("both_train_high", [(train, high), (validate, low)]),
+                           ("both_equal", [(train, low), (validate, torch.cuda.Stream())])):
+            threads = [threading.Thread(target=job, args=(stream,)) for job, stream in jobs]
+            start = _sync()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rows[name] = round(_sync() - start, 3)
+            print(f"OVERLAP {name} {rows[name]} s", flush=True)
+    rows["sum_alone"] = round(rows["train_alone"] + rows["validate_alone"], 3)
+    return {"way": "overlap", "steps": steps, **rows}
+
+
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
     import numpy as np
 
@@ -213,30 +305,38 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     times["load_models"] = _sync() - start
     start = _sync()
     output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps,
-                        speedups=speedups)
+                        speedups=speedups, keep_snapshots=True)  # as the training pipeline
     times["train_total"] = _sync() - start
     times.update({f"train_{k}": v for k, v in output.seconds.items()})
     backend = LiteBackend()
+    embeddings = np.load(DATA / "embeddings.npy", allow_pickle=False)
+    scored = []
+
+    def score(done):  # as the training pipeline: on the validation worker thread
+        tick = time.perf_counter()
+        score_renders(done, embeddings, backend)
+        scored.append(time.perf_counter() - tick)
+
     start = _sync()
     templates = validation_templates(None, sorted((DATA / "photos").iterdir()), backend=backend)
     renderer = ValidationRenderer(components, request)
     renders = render_all_checkpoints(components, output.checkpoints, templates, request,
-                                     out / "validation", renderer=renderer)
-    times["validation_render"] = _sync() - start
+                                     out / "validation", renderer=renderer, score=score)
+    times["validation_render_and_score"] = _sync() - start
+    times["validation_score_in_worker"] = sum(scored)
     times.update({f"validation_{k}": v for k, v in renderer.seconds.items()})
     if renderer.loop is not None and renderer.loop.graphs is not None:
         times["validation_graph_captures"] = renderer.loop.graphs.captures
         times["validation_last_graphed"] = renderer.loop.graphs.last_graphed
     start = time.perf_counter()
-    score_renders(renders, np.load(DATA / "embeddings.npy", allow_pickle=False), backend)
-    times["validation_score"] = time.perf_counter() - start
-    start = time.perf_counter()
     paths = [c.path for c in output.checkpoints]
     fuse_checkpoints(paths, [1.0 / len(paths)] * len(paths), out / "fused_all.safetensors")
     times["fusion_weighted_average"] = time.perf_counter() - start
+    start = time.perf_counter()
     choose_and_fuse(renders, output.checkpoints, request.fusion_top_k, out / "lora.safetensors",
                     face_id_path=out / "face_id.jpg", ref_image=DATA / "ref.jpg")
-    total = times["train_total"] + times["validation_render"] + times["validation_score"] + \
+    times["fusion_choose_and_fuse"] = time.perf_counter() - start  # random weights: no faces
+    total = times["train_total"] + times["validation_render_and_score"] + \
         times["fusion_weighted_average"]
     return {"way": "ours", "speedups": str(speedups), "steps": steps, "renders": len(renders), **times,
             "total_excl_load_and_preprocess": total,
@@ -257,6 +357,8 @@ def main() -> None:
         result = run_validation_profile(out)
     elif way == "profile":
         result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    elif way == "overlap":
+        result = run_overlap(int(sys.argv[2]) if len(sys.argv) > 2 else 150, out)
     elif way == "validation":
         result = run_validation_compare(int(sys.argv[2]) if len(sys.argv) > 2 else 200, out)
     elif way == "variants":

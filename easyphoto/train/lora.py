@@ -55,10 +55,12 @@ WARMUP_FRACTION = 0.05
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A saved LoRA: ``out_dir/checkpoint-<step>.safetensors``."""
+    """A saved LoRA: ``out_dir/checkpoint-<step>.safetensors``; ``lora``: the same tensors
+    still in memory (on the device) when :func:`train_lora` was asked to keep them."""
 
     step: int
     path: Path
+    lora: Optional["LoraSnapshot"] = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -345,6 +347,17 @@ class LoraSnapshot:
         return save_kohya_lora(path, self.unet, self.text_encoders, self.rank, self.alpha,
                                metadata=self.metadata, family=self.family)
 
+    def as_kohya_lora(self):
+        """The snapshot's tensors as :func:`~.lora_io.load_kohya_lora` returns its file's
+        (same keys and values; the file's extra metadata aside), without the disk."""
+        from .lora_io import TEXT_MODEL, KohyaLora
+
+        def as_in_file(state: dict) -> dict:  # text-encoder keys start with ``text_model.``
+            return {k if k.startswith(TEXT_MODEL) else TEXT_MODEL + k: v for k, v in state.items()}
+
+        return KohyaLora(self.unet, [as_in_file(s) for s in self.text_encoders], self.rank,
+                         float(self.alpha), dict(self.metadata))
+
 
 class CheckpointWriter:
     """Writes checkpoint snapshots on one background thread while training goes on (reading
@@ -452,7 +465,8 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
                cancel: Optional[CancelToken] = None, *,
                on_checkpoint: Optional[Callable[[Checkpoint], None]] = None,
                micro_batch: Optional[int] = None,
-               speedups: Optional[TrainSpeedups] = None) -> TrainOutput:
+               speedups: Optional[TrainSpeedups] = None,
+               keep_snapshots: bool = False) -> TrainOutput:
     """Train a LoRA for ``total_steps`` optimiser steps and save checkpoints.
 
     Checkpoints ``out_dir/checkpoint-<step>.safetensors`` at every ``validation_steps`` and at
@@ -465,6 +479,9 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     as it found them. Its time is reported apart (``seconds["callbacks"]``).
     ``micro_batch``: samples per forward pass (default: the whole step, see the module doc).
     ``speedups``: :class:`TrainSpeedups` (default: its defaults).
+    ``keep_snapshots``: each :class:`Checkpoint` keeps its tensors on the device
+    (``checkpoint.lora``, ~150 MB each at SD1.5 rank 128) so validation need not read the
+    files back.
     """
     if total_steps < 1:
         raise InvalidRequest(f"total_steps must be ≥ 1; got {total_steps}.")
@@ -488,7 +505,8 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
             stepper = GraphedSteps(trainer)
         else:
             stepper = trainer.step
-        _loop(trainer, stepper, cache, out_dir, output, progress, cancel, on_checkpoint)
+        _loop(trainer, stepper, cache, out_dir, output, progress, cancel, on_checkpoint,
+              keep_snapshots)
     seconds["total"] = time.monotonic() - started
     seconds["steps_per_s"] = total_steps / seconds["train"] if seconds["train"] > 0 else 0.0
     logger.info("trained %d steps in %.1f s (%.2f steps/s), final loss %.4f", total_steps,
@@ -498,11 +516,12 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
 
 def _loop(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
           output: TrainOutput, progress: ProgressFn, cancel: Optional[CancelToken],
-          on_checkpoint) -> None:
+          on_checkpoint, keep_snapshots: bool = False) -> None:
     """The step loop of :func:`train_lora` (fills ``output``)."""
     writer = CheckpointWriter()
     try:
-        _steps(trainer, stepper, cache, out_dir, output, progress, cancel, on_checkpoint, writer)
+        _steps(trainer, stepper, cache, out_dir, output, progress, cancel, on_checkpoint, writer,
+               keep_snapshots)
     except BaseException:
         writer.finish(raise_errors=False)  # the loop's own error is the one to report
         raise
@@ -513,27 +532,51 @@ def _loop(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
 
 def _steps(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,
            output: TrainOutput, progress: ProgressFn, cancel: Optional[CancelToken],
-           on_checkpoint, writer: CheckpointWriter) -> None:
+           on_checkpoint, writer: CheckpointWriter, keep_snapshots: bool) -> None:
+    """Each step's loss is read (a wait for the GPU) only once the next step is queued, so the
+    GPU never idles between steps; that step's progress follows, then the cancel check."""
     total, interval = trainer.total_steps, trainer.request.validation_steps
     seconds, clock = output.seconds, EtaClock(total)
+    previous = None  # (step, loss tensor) not read yet
+
+    def report(step: int, loss: torch.Tensor) -> None:
+        tick = time.monotonic()
+        output.losses.append(float(loss))
+        seconds["train"] += time.monotonic() - tick
+        progress(Progress(stage="train", done=step, total=total, loss=output.losses[-1],
+                          eta=clock.eta(step)))
+
     for step in range(1, total + 1):
         if cancel is not None:
             cancel.check()
         tick = time.monotonic()
-        loss = float(stepper(trainer.draw_batch(cache)))
-        output.losses.append(loss)
+        # a copy: a CUDA graph's loss tensor is overwritten by its next replay
+        loss = stepper(trainer.draw_batch(cache)).detach().clone()
         seconds["train"] += time.monotonic() - tick
+        if previous is not None:
+            report(*previous)
+            if cancel is not None:
+                cancel.check()
         if step % interval == 0 or step == total:
-            tick = time.monotonic()
-            checkpoint = Checkpoint(step, out_dir / f"checkpoint-{step}.safetensors")
-            written = writer.submit(trainer.snapshot(step), checkpoint.path)
-            output.checkpoints.append(checkpoint)
-            if on_checkpoint is not None:  # it reads the file: wait for it
-                written.result()
-            seconds["checkpoints"] += time.monotonic() - tick
-            if on_checkpoint is not None:
-                tick = time.monotonic()
-                on_checkpoint(checkpoint)
-                seconds["callbacks"] += time.monotonic() - tick
-        progress(Progress(stage="train", done=step, total=total, loss=loss,
-                          eta=clock.eta(step)))
+            _checkpoint(trainer, step, out_dir, output, on_checkpoint, writer, keep_snapshots)
+        previous = (step, loss)
+    report(*previous)
+
+
+def _checkpoint(trainer: LoraTrainer, step: int, out_dir: Path, output: TrainOutput,
+                on_checkpoint, writer: CheckpointWriter, keep_snapshots: bool) -> None:
+    """Snapshot the LoRA of ``step`` (queued after that step) and hand it to the writer;
+    with ``on_checkpoint``, wait for the file and call it."""
+    seconds, tick = output.seconds, time.monotonic()
+    snapshot = trainer.snapshot(step)
+    checkpoint = Checkpoint(step, out_dir / f"checkpoint-{step}.safetensors",
+                            snapshot if keep_snapshots else None)
+    written = writer.submit(snapshot, checkpoint.path)
+    output.checkpoints.append(checkpoint)
+    if on_checkpoint is not None:  # it reads the file: wait for it
+        written.result()
+    seconds["checkpoints"] += time.monotonic() - tick
+    if on_checkpoint is not None:
+        tick = time.monotonic()
+        on_checkpoint(checkpoint)
+        seconds["callbacks"] += time.monotonic() - tick

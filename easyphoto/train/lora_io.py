@@ -327,8 +327,10 @@ def _accumulate(total: dict, reference: dict, path: PathLike, tensors: StateDict
         elif tensor.shape != reference[key].shape:
             raise InvalidRequest(f"LoRA checkpoint {path}: {key} has shape {tuple(tensor.shape)},"
                                  f" the first checkpoint {tuple(reference[key].shape)}.")
+        elif key in total:  # in place: no temporaries (a fused run sums ~10 × 150 MB)
+            total[key].add_(tensor, alpha=weight)
         else:
-            total[key] = total.get(key, 0.0) + weight * tensor.to(torch.float32)
+            total[key] = tensor.to(torch.float32, copy=True).mul_(weight)
 
 
 def weighted_average(paths_and_weights: Iterable[tuple[PathLike, float]]) -> dict:

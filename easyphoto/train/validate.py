@@ -19,6 +19,7 @@ Images are ``(H, W, 3)`` uint8 RGB arrays, boxes in pixels.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -26,7 +27,8 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -40,9 +42,9 @@ from ..params import CAPTION, TrainRequest
 from ..progress import CancelToken, Progress, ProgressFn, no_progress
 from ..store import atomic_write_bytes
 from .components import TrainComponents
-from .validation_pipeline import (CANNY_WEIGHT, IN_PLACE, ValidationError, ValidationInput,
-                                  build_validation_pipeline, composite, encode_jpeg, eval_mode,
-                                  feather_px, lora_applied, prepare_input)
+from .validation_pipeline import (CANNY_WEIGHT, IN_PLACE, MERGED, MergedLora, ValidationError,
+                                  ValidationInput, build_validation_pipeline, composite,
+                                  encode_jpeg, eval_mode, feather_px, lora_applied, prepare_input)
 
 log = logging.getLogger(__name__)
 
@@ -227,11 +229,13 @@ class ValidationRenderer:
     Not thread-safe: one render at a time (it temporarily changes the shared models' LoRA).
     Runs in the models' own dtypes, without autocast: peft casts between fp32 LoRA weights and
     half-precision base weights, and the SDXL pipelines keep an fp32 VAE in fp32.
+    ``merge_lora``: a checkpoint applied in place is also merged into the UNet's base weights
+    while it renders (:class:`~.validation_pipeline.MergedLora`; ``None`` = on CUDA).
     """
 
     def __init__(self, components: TrainComponents, request: TrainRequest,
                  resolution: Optional[int] = None, max_batch: int = 4,
-                 own_loop: Optional[bool] = None):
+                 own_loop: Optional[bool] = None, merge_lora: Optional[bool] = None):
         self.components, self.request = components, request
         self.resolution = int(resolution or request.resolved().resolution)
         self.max_batch = max(1, int(max_batch))
@@ -247,8 +251,11 @@ class ValidationRenderer:
             log.warning("validation: %s", note)
         self.pipe = build_validation_pipeline(components, self.controlnet)
         self.loop = OwnLoop.for_run(components, self.controlnet, own_loop)
+        cuda = torch.device(components.device).type == "cuda"
+        self.merger = MergedLora() if (cuda if merge_lora is None else merge_lora) else None
         #: seconds spent per phase over every render call (lora, diffuse, finish)
         self.seconds: dict = {"lora": 0.0, "diffuse": 0.0, "finish": 0.0}
+        self._inputs: dict = {}
 
     def _models(self) -> list:
         c = self.components
@@ -287,18 +294,36 @@ class ValidationRenderer:
 
     def render(self, lora_path: Union[str, Path], step: int, templates: Sequence[Template],
                out_dir: Union[str, Path], progress: ProgressFn = no_progress,
-               cancel: Optional[CancelToken] = None) -> list:
+               cancel: Optional[CancelToken] = None, lora=None) -> list:
         """Render every template with the LoRA file ``lora_path`` (checkpoint of ``step``),
         save ``out_dir/step<step>_<template>.jpg`` and return the :class:`Render` list (in
         template order). Templates of equal working size share a pipeline call; template i
         always uses seed ``request.seed + i``, so checkpoints are compared on the same noise.
+        ``lora``: the file's tensors already in memory (a :class:`~.lora_io.KohyaLora`, e.g.
+        training's snapshot); the file is read only where they do not fit in place.
         """
+        return [job.result() for job in self.render_jobs(_run_now, lora_path, step, templates,
+                                                         out_dir, progress, cancel, lora)]
+
+    def render_jobs(self, submit, lora_path: Union[str, Path], step: int,
+                    templates: Sequence[Template], out_dir: Union[str, Path],
+                    progress: ProgressFn = no_progress, cancel: Optional[CancelToken] = None,
+                    lora=None) -> list:
+        """:meth:`render` with each render's finishing (resize, composite, JPEG file) handed to
+        ``submit(fn, *args) -> Future`` (e.g. a worker thread's, so it overlaps the next
+        checkpoint's diffusion); returns the futures, in template order."""
         lora_path, out_dir = Path(lora_path), Path(out_dir)
-        prepared = [prepare_input(t.image, t.face.box, self.resolution) for t in templates]
-        renders: dict = {}
+        prepared = [self._prepared(t) for t in templates]
+        jobs: dict = {}
         lap = self._lap()
-        with lora_applied(self.pipe, self._models()[:-2], lora_path, f"step{step}") as mode, \
-                eval_mode(self._models()), torch.no_grad():
+        with contextlib.ExitStack() as stack:
+            mode = stack.enter_context(lora_applied(self.pipe, self._models()[:-2], lora_path,
+                                                    f"step{step}", lora))
+            stack.enter_context(eval_mode(self._models()))
+            stack.enter_context(torch.no_grad())
+            if mode == IN_PLACE and self.merger is not None:
+                stack.enter_context(self.merger.applied(self.components.unet))
+                mode = MERGED
             self.lora_modes[step] = mode
             if self.loop is not None:
                 self.loop.lora_mode(mode, step)
@@ -306,30 +331,37 @@ class ValidationRenderer:
             for batch in self._batches(prepared):
                 if cancel is not None:
                     cancel.check()
-                progress(Progress("validation", len(renders), len(templates),
+                progress(Progress("validation", len(jobs), len(templates),
                                   f"checkpoint {step}: {len(batch)} template(s)",
                                   extra={"step": step}))
                 outs = self.diffuse([prepared[i] for i in batch],
                                     [self.request.seed + i for i in batch], cancel)
                 lap("diffuse")
                 for index, out in zip(batch, outs):
-                    renders[index] = self._finish(templates[index], prepared[index], out, step,
-                                                  self.request.seed + index, lora_path, out_dir)
+                    jobs[index] = submit(self._finish, templates[index], prepared[index], out,
+                                         step, self.request.seed + index, lora_path, out_dir)
                 lap("finish")
         lap("lora")  # the LoRA switched back
         progress(Progress("validation", len(templates), len(templates),
                           f"checkpoint {step} rendered", extra={"step": step}))
-        return [renders[i] for i in range(len(templates))]
+        return [jobs[i] for i in range(len(templates))]
+
+    def _prepared(self, template: Template) -> ValidationInput:
+        """The template's inputs (computed once per renderer: every checkpoint uses them)."""
+        key = (template.name, id(template.image), template.face.box)
+        if key not in self._inputs:
+            self._inputs[key] = prepare_input(template.image, template.face.box, self.resolution)
+        return self._inputs[key]
 
     def _lap(self):
         """``lap(phase)`` adds the seconds since the previous lap to ``seconds[phase]``
-        (synchronising CUDA, so a phase owns its kernels)."""
+        (synchronising the current CUDA stream, so a phase owns its kernels)."""
         device = torch.device(self.components.device)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
         last = [time.perf_counter()]
 
         def lap(phase: str) -> None:
-            sync(device)
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()
             now = time.perf_counter()
             self.seconds[phase] += now - last[0]
             last[0] = now
@@ -402,9 +434,9 @@ class OwnLoop:
                       control_image=[[Image.fromarray(p.control) for p in batch]],
                       controlnet_conditioning_scale=[CANNY_WEIGHT],
                       control_guidance_start=[0.0], control_guidance_end=[1.0])
-        in_place = self.mode == IN_PLACE
-        aids = LoopAids(graphs=self.graphs if in_place else None,
-                        token=("validation", IN_PLACE) if in_place else ("step", self.step))
+        resident = self.mode in (IN_PLACE, MERGED)  # the same tensors for every checkpoint
+        aids = LoopAids(graphs=self.graphs if resident else None,
+                        token=("validation", self.mode) if resident else ("step", self.step))
         with tf32_matmuls(torch.device(self.pipe.device)):  # the fp32 LoRA branches
             images = run_inpaint(self.pipe, kwargs, aids)
         return [np.rint(np.asarray(i) * 255.0).clip(0, 255).astype(np.uint8) for i in images]
@@ -423,12 +455,38 @@ def render_validation(components: TrainComponents, lora_path: Union[str, Path],
     """
     if renderer is None:
         log.debug("render_validation: building a one-off renderer (pass renderer= to reuse it)")
+    renderer = _checked_renderer(components, request, resolution, renderer, templates)
+    return renderer.render(lora_path, step, templates, out_dir, progress, cancel)
+
+
+def _checked_renderer(components: TrainComponents, request: TrainRequest,
+                      resolution: Optional[int], renderer: Optional[ValidationRenderer],
+                      templates: Sequence[Template]) -> ValidationRenderer:
+    """``renderer`` (or a new one) after checking it belongs to ``components`` and that
+    there are templates to render."""
+    if renderer is None:
         renderer = ValidationRenderer(components, request, resolution)
     elif renderer.components is not components:
         raise InvalidRequest("the validation renderer was built for other model components.")
     if not templates:
         raise ValidationError("there are no validation templates to render.")
-    return renderer.render(lora_path, step, templates, out_dir, progress, cancel)
+    return renderer
+
+
+def _run_now(fn, *args) -> Future:
+    """``submit`` that runs ``fn`` at once (errors raise here) and returns its done future."""
+    future: Future = Future()
+    future.set_result(fn(*args))
+    return future
+
+
+def checkpoint_snapshots(checkpoints) -> dict:
+    """``{step: KohyaLora}`` of the checkpoints that carry their tensors in memory
+    (:class:`easyphoto.train.lora.Checkpoint` ``.lora``)."""
+    if isinstance(checkpoints, Mapping):
+        return {}
+    return {int(c.step): c.lora.as_kohya_lora() for c in checkpoints
+            if getattr(c, "lora", None) is not None}
 
 
 def checkpoint_files(checkpoints) -> dict:
@@ -448,19 +506,39 @@ def render_all_checkpoints(components: TrainComponents, checkpoints, templates: 
                            request: TrainRequest, out_dir: Union[str, Path], *,
                            progress: ProgressFn = no_progress,
                            cancel: Optional[CancelToken] = None, resolution: Optional[int] = None,
-                           renderer: Optional[ValidationRenderer] = None) -> list:
+                           renderer: Optional[ValidationRenderer] = None,
+                           score: Optional[Callable[[list], object]] = None) -> list:
     """SPEC 1.4 for every checkpoint (see :func:`checkpoint_files`), oldest first, on one
-    pipeline; progress counts renders over all checkpoints. Returns every :class:`Render`."""
-    steps = checkpoint_files(checkpoints)
-    renderer = renderer or ValidationRenderer(components, request, resolution)
-    total, renders = len(steps) * len(templates), []
-    for index, (step, path) in enumerate(sorted(steps.items())):
-        def report(p: Progress, offset: int = index * len(templates)) -> None:
-            progress(dataclasses.replace(p, done=offset + p.done, total=total))
+    pipeline; progress counts renders over all checkpoints. Returns every :class:`Render`.
 
-        renders += render_validation(components, path, templates, request, step=step,
-                                     out_dir=out_dir, renderer=renderer, progress=report,
-                                     cancel=cancel)
+    Checkpoints that carry their tensors (``Checkpoint.lora``) are applied from memory. Each
+    render is finished (composited, saved) on a worker thread while the next checkpoint
+    diffuses; ``score(renders)`` (e.g. :func:`score_renders` bound to the training embeddings)
+    runs there too, on each checkpoint's renders as soon as they are saved. Errors of the
+    worker are raised here, after the GPU work; on an error or cancel, work not yet started
+    is dropped.
+    """
+    steps, snapshots = checkpoint_files(checkpoints), checkpoint_snapshots(checkpoints)
+    renderer = _checked_renderer(components, request, resolution, renderer, templates)
+    total, jobs, scored = len(steps) * len(templates), [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="easyphoto-validation") as pool:
+        try:
+            for index, (step, path) in enumerate(sorted(steps.items())):
+                def report(p: Progress, offset: int = index * len(templates)) -> None:
+                    progress(dataclasses.replace(p, done=offset + p.done, total=total))
+
+                done = renderer.render_jobs(pool.submit, path, step, templates, out_dir,
+                                            report, cancel, snapshots.get(step))
+                jobs += done
+                if score is not None:  # one worker: runs after this checkpoint's finishing
+                    scored.append(pool.submit(lambda js=done: score([j.result() for j in js])))
+        except BaseException:
+            for job in jobs + scored:
+                job.cancel()
+            raise
+        renders = [job.result() for job in jobs]
+        for job in scored:
+            job.result()
     return renders
 
 

@@ -18,6 +18,9 @@
     cost is reading the file plus one copy of the LoRA tensors (base weights are never
     touched). Rendering from the *file* (not the live weights) makes the score belong to
     exactly what fusion averages (checkpoints are saved in fp16).
+    On CUDA the UNet's copy is then **merged** into its base weights as well
+    (:class:`MergedLora`): the denoising steps run the plain layers instead of a rank-128
+    branch beside each of them; the base weights are copied back, bit for bit, afterwards.
   - **adapter** (any other case, e.g. re-validating files on a model without LoRA layers):
     diffusers ``load_lora_weights(path, adapter_name=...)`` + ``set_adapters``; afterwards the
     adapter is deleted (or, if the models had no LoRA layers before, every LoRA layer
@@ -47,11 +50,11 @@ from ..errors import EasyPhotoError, InvalidRequest
 from ..face.geometry import box_mask, crop
 from ..face.types import Box
 from .components import TrainComponents
-from .lora_io import load_kohya_lora, state_for_model
+from .lora_io import KohyaLora, load_kohya_lora, state_for_model
 
 log = logging.getLogger(__name__)
 
-IN_PLACE, ADAPTER = "in-place", "adapter"
+IN_PLACE, ADAPTER, MERGED = "in-place", "adapter", "in-place, merged"
 #: Template crop around the face (SPEC 2.3 / 1.2) and inpaint mask (SPEC 1.4), as ``box×r``.
 CROP_RATIO, MASK_RATIO = 3.0, 1.3
 #: Canny thresholds (SPEC 2.6) and the ControlNet weight. Weight 1.0: the paper gives none for
@@ -249,13 +252,15 @@ def _adapter_parameters(model, scale: float) -> Optional[dict]:
     return params
 
 
-def in_place_pairs(models: Sequence, path: Path) -> Optional[list]:
+def in_place_pairs(models: Sequence, path: Path, lora: Optional[KohyaLora] = None
+                   ) -> Optional[list]:
     """``[(parameter, file tensor)]`` when the file fits the models' active adapters exactly
     (same modules, shapes and ``alpha/rank``), else ``None``.
 
-    ``models`` = ``[unet, text_encoder(, text_encoder_2)]``.
+    ``models`` = ``[unet, text_encoder(, text_encoder_2)]``; ``lora``: the file's content
+    already in memory (e.g. training's snapshot of it), else the file is read.
     """
-    lora = load_kohya_lora(path)
+    lora = lora if lora is not None else load_kohya_lora(path)
     states = [lora.unet, *lora.text_encoders]
     if len(states) > len(models):
         return None
@@ -322,10 +327,12 @@ def _adapter_loaded(pipe, models: Sequence, path: Path, name: str) -> Iterator[N
 
 
 @contextlib.contextmanager
-def lora_applied(pipe, models: Sequence, path: Path, adapter_name: str) -> Iterator[str]:
+def lora_applied(pipe, models: Sequence, path: Path, adapter_name: str,
+                 lora: Optional[KohyaLora] = None) -> Iterator[str]:
     """Apply the LoRA file ``path`` to ``models`` (``[unet, text_encoder(s)]`` of ``pipe``)
-    inside the block; yields the way used (``"in-place"`` or ``"adapter"``, see module doc)."""
-    pairs = in_place_pairs(models, path)
+    inside the block; yields the way used (``"in-place"`` or ``"adapter"``, see module doc).
+    ``lora``: the file's content in memory (see :func:`in_place_pairs`)."""
+    pairs = in_place_pairs(models, path, lora)
     if pairs is not None:
         log.debug("LoRA %s copied into the resident adapter (%d tensors)", path.name, len(pairs))
         with _tensors_copied(pairs):
@@ -334,3 +341,40 @@ def lora_applied(pipe, models: Sequence, path: Path, adapter_name: str) -> Itera
         log.debug("LoRA %s loaded as adapter %s", path.name, adapter_name)
         with _adapter_loaded(pipe, models, path, adapter_name):
             yield ADAPTER
+
+
+class MergedLora:
+    """The UNet's resident LoRA (already holding a checkpoint: see :func:`lora_applied`)
+    merged into its base weights for the duration of :meth:`applied`.
+
+    Inside, each LoRA layer's base weight is ``W₀ + ΔW`` (peft's ``get_delta_weight``: scale ×
+    B·A, summed in fp32, rounded once to the weight's dtype), written **into the same tensor**
+    (a CUDA graph that reads it stays valid), and the layer is marked merged (peft's
+    ``merged_adapters``), so its forward is the base layer alone. On exit ``W₀`` is copied back
+    (bit-identical; no ``W + ΔW − ΔW`` drift) and the mark removed. ``W₀`` is copied once, at
+    the first merge, and kept for the object's lifetime (one renderer: every checkpoint)."""
+
+    def __init__(self) -> None:
+        self._pristine: dict = {}
+
+    @contextlib.contextmanager
+    def applied(self, model) -> Iterator[None]:
+        layers = [(layer, list(layer.active_adapters)[0]) for _, layer in _tuner_layers(model)
+                  if len(layer.active_adapters) == 1 and not layer.merged
+                  and list(layer.active_adapters)[0] in getattr(layer, "lora_A", {})]
+        done: list = []
+        try:
+            with torch.no_grad():
+                for layer, adapter in layers:
+                    weight = layer.get_base_layer().weight
+                    pristine = self._pristine.setdefault(id(weight), weight.detach().clone())
+                    delta = layer.get_delta_weight(adapter)
+                    weight.copy_(pristine.float() + delta.float())
+                    layer.merged_adapters.append(adapter)
+                    done.append((layer, adapter, weight, pristine))
+            yield
+        finally:
+            with torch.no_grad():
+                for layer, adapter, weight, pristine in done:
+                    layer.merged_adapters.remove(adapter)
+                    weight.copy_(pristine)

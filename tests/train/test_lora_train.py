@@ -321,3 +321,20 @@ def test_master_weights_by_default_for_bf16_only(tmp_path, dataset):
     assert lora.rank == 4 and all(t.dtype == torch.float16 for t in lora.unet.values())
     assert all(p.dtype == torch.bfloat16 for n, p in components.unet.named_parameters()
                if ".lora_" in n)
+
+
+def test_kept_snapshots_hold_exactly_what_the_checkpoint_files_hold(dataset, tmp_path):
+    """``keep_snapshots``: each checkpoint keeps its tensors in memory (validation applies them
+    without reading the file back); they are the file's tensors, key for key, bit for bit."""
+    components = load_components("tiny-random", sdxl=False, device="cpu", with_canny=False)
+    out = train_lora(components, dataset, request(), tmp_path, 7, keep_snapshots=True)
+    assert [c.step for c in out.checkpoints] == [3, 6, 7]
+    for checkpoint in out.checkpoints:
+        kept, read = checkpoint.lora.as_kohya_lora(), load_kohya_lora(checkpoint.path)
+        assert (kept.rank, kept.alpha) == (read.rank, read.alpha) == (4, 2.0)
+        for ours, theirs in zip([kept.unet, *kept.text_encoders],
+                                [read.unet, *read.text_encoders], strict=True):
+            assert ours.keys() == theirs.keys() and ours
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    _, plain = run(dataset, tmp_path / "plain", 3)
+    assert plain.checkpoints[0].lora is None  # not kept unless asked

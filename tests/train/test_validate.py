@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import threading
 from types import SimpleNamespace
 
 import cv2
@@ -39,7 +40,8 @@ from easyphoto.train.validate import (
     score_renders,
     validation_templates,
 )
-from easyphoto.train.validation_pipeline import ADAPTER, IN_PLACE, ValidationError, prepare_input
+from easyphoto.train.validation_pipeline import (ADAPTER, IN_PLACE, MERGED, ValidationError,
+                                              prepare_input)
 
 RANK, ALPHA, TINY_PX = 4, 2.0, 64
 
@@ -281,6 +283,63 @@ def test_training_adapter_is_switched_in_place_and_restored(lora_files, template
         assert torch.equal(param, live[name][0]) and param.requires_grad == live[name][1], name
 
 
+@pytest.mark.parametrize("own", [False, True])
+def test_merged_checkpoint_renders_as_the_branches_do_and_base_weights_come_back(
+        lora_files, templates, request_, tmp_path, own):
+    """``merge_lora`` (CUDA's default): the in-place checkpoint is merged into the UNet's base
+    weights while it renders — no LoRA branch runs, the renders match the unmerged ones, and
+    every weight (base and LoRA) is bit-identical afterwards, for checkpoint after checkpoint."""
+    fresh = build_tiny_sd15(0, controlnets=("canny",))
+    add_lora([fresh.unet, fresh.text_encoder], seed=99)
+    live = {n: (p.detach().clone(), p.requires_grad) for n, p in fresh.unet.named_parameters()}
+    branch_calls = []
+    for name, module in fresh.unet.named_modules():
+        if ".lora_A." in name:  # a LoRA branch's first projection
+            module.register_forward_hook(lambda *a: branch_calls.append(1))
+    out = {}
+    for merge in (False, True):
+        renderer = ValidationRenderer(components(fresh), request_, resolution=TINY_PX,
+                                      own_loop=own, merge_lora=merge)
+        branch_calls.clear()
+        out[merge] = [renderer.render(lora_files[step], step, templates[:2],
+                                      tmp_path / f"{merge}{step}") for step in (100, 200)]
+        assert renderer.lora_modes == dict.fromkeys((100, 200), MERGED if merge else IN_PLACE)
+        assert bool(branch_calls) is not merge
+        for name, param in fresh.unet.named_parameters():
+            assert torch.equal(param, live[name][0]) and param.requires_grad == live[name][1]
+        assert not any(getattr(m, "merged_adapters", None) for m in fresh.unet.modules())
+    for unmerged, merged in zip(out[False], out[True]):
+        for a, b in zip(unmerged, merged):
+            assert np.abs(a.image.astype(int) - b.image).max() <= 2
+    assert np.abs(out[True][0][0].image.astype(int) - out[True][1][0].image).max() > 10
+
+
+def test_checkpoints_kept_in_memory_render_without_reading_their_files(
+        lora_files, templates, request_, tmp_path, monkeypatch):
+    """A checkpoint carrying its tensors (``Checkpoint.lora``) is applied from memory: the
+    render is the one its file gives, and the file is not read."""
+    from easyphoto.train import lora_io, validation_pipeline
+    from easyphoto.train.lora import Checkpoint, LoraSnapshot
+
+    fresh = build_tiny_sd15(0, controlnets=("canny",))
+    add_lora([fresh.unet, fresh.text_encoder], seed=99)
+    by_file = render_all_checkpoints(components(fresh), {100: lora_files[100]}, templates[:1],
+                                     request_, tmp_path / "file")
+    read = lora_io.load_kohya_lora(lora_files[100])
+    snapshot = LoraSnapshot(read.unet, read.text_encoders, read.rank, read.alpha, read.metadata,
+                            "sd15")
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(validation_pipeline, "load_kohya_lora", no_reading)
+    kept = [Checkpoint(100, lora_files[100], snapshot)]
+    by_memory = render_all_checkpoints(components(fresh), kept, templates[:1], request_,
+                                       tmp_path / "memory")
+    np.testing.assert_array_equal(by_memory[0].image, by_file[0].image)
+    assert by_memory[0].path.read_bytes() == by_file[0].path.read_bytes()
+
+
 def test_cancel_stops_rendering_and_restores_the_models(tiny, lora_files, templates, request_,
                                                         tmp_path):
     from easyphoto.progress import CancelToken, Cancelled
@@ -310,9 +369,9 @@ class FakeDiffusion(ValidationRenderer):
 
     modes, biden, mode = {}, None, "keep"
 
-    def render(self, lora_path, step, *args, **kwargs):
+    def render_jobs(self, submit, lora_path, step, *args, **kwargs):
         self.mode = self.modes[step]
-        return super().render(lora_path, step, *args, **kwargs)
+        return super().render_jobs(submit, lora_path, step, *args, **kwargs)
 
     def diffuse(self, batch, seeds, cancel=None):
         return [self._fake(p, seed) for p, seed in zip(batch, seeds)]
@@ -338,12 +397,21 @@ def test_render_score_fuse_prefers_the_checkpoint_that_keeps_the_identity(
     renderer.modes = {100: "swap", 200: "keep", 300: "noise"}
     checkpoints = [SimpleNamespace(step=s, path=lora_files[200 if s == 200 else 100])
                    for s in (300, 100, 200)]
-    seen = []
+    seen, scored_on = [], []
+
+    def score(done):  # on the validation worker, one checkpoint's saved renders at a time
+        scored_on.append((threading.current_thread().name, [r.step for r in done],
+                          all(r.path.is_file() for r in done)))
+        return score_renders(done, train_embeddings, backend)
+
     renders = render_all_checkpoints(parts, checkpoints, templates, request_,
                                      tmp_path / "validation", renderer=renderer,
-                                     progress=lambda p: seen.append((p.done, p.total)))
+                                     progress=lambda p: seen.append((p.done, p.total)),
+                                     score=score)
     assert [r.step for r in renders] == [100, 200, 300] and seen[-1] == (3, 3)
-    scored = score_renders(renders, train_embeddings, backend)
+    assert [steps for _, steps, _ in scored_on] == [[100], [200], [300]]
+    assert all(name.startswith("easyphoto-validation") and saved for name, _, saved in scored_on)
+    scored = renders
     by_step = {r.step: r for r in scored}
     assert by_step[300].score is None and by_step[200].score > by_step[100].score
     result = choose_and_fuse(scored, checkpoints, 1, tmp_path / "lora.safetensors")
