@@ -228,64 +228,6 @@ def run_validation_profile(out: Path) -> dict:
             "seconds": {k: round(v, 3) for k, v in renderer.seconds.items()}}
 
 
-def run_overlap(steps: int, out: Path) -> dict:
-    """Whether validation can hide behind training: ``steps`` graphed training steps on one
-    model set and the validation of 2 checkpoints (own loop, merged LoRA) on a second set —
-    each alone, then both at once from two threads on two CUDA streams (training's stream
-    at high priority, then at equal priority)."""
-    import threading
-
-    from easyphoto.face.lite import LiteBackend
-    from easyphoto.params import TrainRequest
-    from easyphoto.train.latent_cache import build_latent_cache
-    from easyphoto.train.lora import LoraTrainer, tf32_matmuls, train_lora
-    from easyphoto.train.step_graph import GraphedSteps
-    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints,
-                                          validation_templates)
-    from random_models import random_components
-
-    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
-    second = random_components("sd15", dtype=torch.bfloat16, seed=1)
-    output = train_lora(second, DATA / "dataset", request, out / "checkpoints", 200)
-    templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
-                                     backend=LiteBackend())
-    renderer = ValidationRenderer(second, request)
-    first = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
-    cache = build_latent_cache(first, DATA / "dataset", request.resolution,
-                               request.random_flip, request.seed)
-    rows: dict = {}
-    with tf32_matmuls(first.device):
-        trainer = LoraTrainer(first, request, 10 * steps, graphable=True, master_weights=True)
-        stepper = GraphedSteps(trainer)
-
-        def train(stream) -> None:
-            with torch.cuda.stream(stream):
-                for _ in range(steps):
-                    float(stepper(trainer.draw_batch(cache)))
-
-        def validate(stream) -> None:
-            with torch.cuda.stream(stream):
-                render_all_checkpoints(second, output.checkpoints, templates, request,
-                                       out / "validation", renderer=renderer)
-
-        high, low = torch.cuda.Stream(priority=-1), torch.cuda.Stream(priority=0)
-        train(high), validate(low)  # warm: both graphs captured
-        torch.cuda.synchronize()
-        for name, jobs in (("train_alone", [(train, high)]), ("validate_alone", [(validate, low)]),
-                           ("both_train_high", [(train, high), (validate, low)]),
-                           ("both_equal", [(train, low), (validate, torch.cuda.Stream())])):
-            threads = [threading.Thread(target=job, args=(stream,)) for job, stream in jobs]
-            start = _sync()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            rows[name] = round(_sync() - start, 3)
-            print(f"OVERLAP {name} {rows[name]} s", flush=True)
-    rows["sum_alone"] = round(rows["train_alone"] + rows["validate_alone"], 3)
-    return {"way": "overlap", "steps": steps, **rows}
-
-
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
     import numpy as np
 
@@ -357,8 +299,6 @@ def main() -> None:
         result = run_validation_profile(out)
     elif way == "profile":
         result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
-    elif way == "overlap":
-        result = run_overlap(int(sys.argv[2]) if len(sys.argv) > 2 else 150, out)
     elif way == "validation":
         result = run_validation_compare(int(sys.argv[2]) if len(sys.argv) > 2 else 200, out)
     elif way == "variants":
