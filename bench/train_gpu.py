@@ -228,7 +228,36 @@ def run_validation_profile(out: Path) -> dict:
             "seconds": {k: round(v, 3) for k, v in renderer.seconds.items()}}
 
 
+def run_loop(steps: int, out: Path) -> dict:
+    """The training loop of ``train_lora`` (``steps`` steps, checkpoints every 100) in one
+    process under: the defaults, read-ahead off, without kept snapshots, and the defaults
+    again — seconds of steps per way (what differs from the bare ``variants`` step)."""
+    import dataclasses
+
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.lora import TrainSpeedups, train_lora
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    rows = {}
+    for name, changes, keep in (("defaults", {}, True), ("no_read_ahead", {"read_ahead": False},
+                                                         True),
+                                ("no_snapshots", {}, False), ("defaults_again", {}, True)):
+        speedups = dataclasses.replace(TrainSpeedups(), **changes)
+        output = train_lora(components, DATA / "dataset", request, out / name, steps,
+                            speedups=speedups, keep_snapshots=keep)
+        rows[name] = {k: round(v, 3) for k, v in output.seconds.items()}
+        rows[name]["ms_per_step"] = round(1000 * output.seconds["train"] / steps, 2)
+        print(f"LOOP {name} {rows[name]}", flush=True)
+        del output
+        torch.cuda.empty_cache()
+    return {"way": "loop", "steps": steps, "loop": rows}
+
+
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
+    """The training pipeline's GPU stages, timed (scoring after rendering, as the pipeline;
+    scoring on the validation worker measured slower: see render_all_checkpoints)."""
     import numpy as np
 
     from easyphoto.face.lite import LiteBackend
@@ -251,21 +280,15 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     times["train_total"] = _sync() - start
     times.update({f"train_{k}": v for k, v in output.seconds.items()})
     backend = LiteBackend()
-    embeddings = np.load(DATA / "embeddings.npy", allow_pickle=False)
-    scored = []
-
-    def score(done):  # as the training pipeline: on the validation worker thread
-        tick = time.perf_counter()
-        score_renders(done, embeddings, backend)
-        scored.append(time.perf_counter() - tick)
-
     start = _sync()
     templates = validation_templates(None, sorted((DATA / "photos").iterdir()), backend=backend)
     renderer = ValidationRenderer(components, request)
     renders = render_all_checkpoints(components, output.checkpoints, templates, request,
-                                     out / "validation", renderer=renderer, score=score)
-    times["validation_render_and_score"] = _sync() - start
-    times["validation_score_in_worker"] = sum(scored)
+                                     out / "validation", renderer=renderer)
+    times["validation_render"] = _sync() - start
+    start = time.perf_counter()
+    score_renders(renders, np.load(DATA / "embeddings.npy", allow_pickle=False), backend)
+    times["validation_score"] = time.perf_counter() - start
     times.update({f"validation_{k}": v for k, v in renderer.seconds.items()})
     if renderer.loop is not None and renderer.loop.graphs is not None:
         times["validation_graph_captures"] = renderer.loop.graphs.captures
@@ -278,7 +301,7 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     choose_and_fuse(renders, output.checkpoints, request.fusion_top_k, out / "lora.safetensors",
                     face_id_path=out / "face_id.jpg", ref_image=DATA / "ref.jpg")
     times["fusion_choose_and_fuse"] = time.perf_counter() - start  # random weights: no faces
-    total = times["train_total"] + times["validation_render_and_score"] + \
+    total = times["train_total"] + times["validation_render"] + times["validation_score"] + \
         times["fusion_weighted_average"]
     return {"way": "ours", "speedups": str(speedups), "steps": steps, "renders": len(renders), **times,
             "total_excl_load_and_preprocess": total,
@@ -299,6 +322,8 @@ def main() -> None:
         result = run_validation_profile(out)
     elif way == "profile":
         result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    elif way == "loop":
+        result = run_loop(int(sys.argv[2]) if len(sys.argv) > 2 else 300, out)
     elif way == "validation":
         result = run_validation_compare(int(sys.argv[2]) if len(sys.argv) > 2 else 200, out)
     elif way == "variants":

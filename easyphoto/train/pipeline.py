@@ -110,9 +110,9 @@ def validation_stage(run_dir: Path, request: TrainRequest, components, checkpoin
                    if p.get("verdict") == "ok" and p.get("stored_as")]
     templates = validation_templates(TEMPLATES_DIR, kept_photos, backend=backend,
                                      limit=VALIDATION_TEMPLATES, generated=generated)
-    renders = render_all_checkpoints(
-        components, checkpoints, templates, request, run_dir / "validation", progress=progress,
-        cancel=cancel, score=lambda done: score_renders(done, prep.embeddings, backend))
+    renders = render_all_checkpoints(components, checkpoints, templates, request, run_dir / "validation",
+                                     progress=progress, cancel=cancel)
+    score_renders(renders, prep.embeddings, backend)
     fusion = choose_and_fuse(renders, checkpoints, request.fusion_top_k, run_dir / "lora.safetensors",
                              face_id_path=run_dir / "face_id.jpg", ref_image=prep.ref_image)
     return {**fusion.to_dict(), "templates": templates.to_dict()}

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -506,21 +506,20 @@ def render_all_checkpoints(components: TrainComponents, checkpoints, templates: 
                            request: TrainRequest, out_dir: Union[str, Path], *,
                            progress: ProgressFn = no_progress,
                            cancel: Optional[CancelToken] = None, resolution: Optional[int] = None,
-                           renderer: Optional[ValidationRenderer] = None,
-                           score: Optional[Callable[[list], object]] = None) -> list:
+                           renderer: Optional[ValidationRenderer] = None) -> list:
     """SPEC 1.4 for every checkpoint (see :func:`checkpoint_files`), oldest first, on one
     pipeline; progress counts renders over all checkpoints. Returns every :class:`Render`.
 
     Checkpoints that carry their tensors (``Checkpoint.lora``) are applied from memory. Each
     render is finished (composited, saved) on a worker thread while the next checkpoint
-    diffuses; ``score(renders)`` (e.g. :func:`score_renders` bound to the training embeddings)
-    runs there too, on each checkpoint's renders as soon as they are saved. Errors of the
-    worker are raised here, after the GPU work; on an error or cancel, work not yet started
-    is dropped.
+    diffuses; its errors are raised here, after the GPU work; on an error or cancel, work not
+    yet started is dropped. (Scoring stays after rendering: on the worker, the face models'
+    CPU threads slowed the denoising loop more than they saved — H100, 32 renders: 12.2 s of
+    diffusion with them beside it vs 7.0 s + 1.2 s of scoring after.)
     """
     steps, snapshots = checkpoint_files(checkpoints), checkpoint_snapshots(checkpoints)
     renderer = _checked_renderer(components, request, resolution, renderer, templates)
-    total, jobs, scored = len(steps) * len(templates), [], []
+    total, jobs = len(steps) * len(templates), []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="easyphoto-validation") as pool:
         try:
             for index, (step, path) in enumerate(sorted(steps.items())):
@@ -530,16 +529,11 @@ def render_all_checkpoints(components: TrainComponents, checkpoints, templates: 
                 done = renderer.render_jobs(pool.submit, path, step, templates, out_dir,
                                             report, cancel, snapshots.get(step))
                 jobs += done
-                if score is not None:  # one worker: runs after this checkpoint's finishing
-                    scored.append(pool.submit(lambda js=done: score([j.result() for j in js])))
         except BaseException:
-            for job in jobs + scored:
+            for job in jobs:
                 job.cancel()
             raise
-        renders = [job.result() for job in jobs]
-        for job in scored:
-            job.result()
-    return renders
+        return [job.result() for job in jobs]
 
 
 # ---- scoring ----------------------------------------------------------------------------------

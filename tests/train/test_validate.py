@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import threading
 from types import SimpleNamespace
 
 import cv2
@@ -397,21 +396,13 @@ def test_render_score_fuse_prefers_the_checkpoint_that_keeps_the_identity(
     renderer.modes = {100: "swap", 200: "keep", 300: "noise"}
     checkpoints = [SimpleNamespace(step=s, path=lora_files[200 if s == 200 else 100])
                    for s in (300, 100, 200)]
-    seen, scored_on = [], []
-
-    def score(done):  # on the validation worker, one checkpoint's saved renders at a time
-        scored_on.append((threading.current_thread().name, [r.step for r in done],
-                          all(r.path.is_file() for r in done)))
-        return score_renders(done, train_embeddings, backend)
-
+    seen = []
     renders = render_all_checkpoints(parts, checkpoints, templates, request_,
                                      tmp_path / "validation", renderer=renderer,
-                                     progress=lambda p: seen.append((p.done, p.total)),
-                                     score=score)
+                                     progress=lambda p: seen.append((p.done, p.total)))
     assert [r.step for r in renders] == [100, 200, 300] and seen[-1] == (3, 3)
-    assert [steps for _, steps, _ in scored_on] == [[100], [200], [300]]
-    assert all(name.startswith("easyphoto-validation") and saved for name, _, saved in scored_on)
-    scored = renders
+    assert all(r.path.is_file() for r in renders)  # finished on the worker, saved on return
+    scored = score_renders(renders, train_embeddings, backend)
     by_step = {r.step: r for r in scored}
     assert by_step[300].score is None and by_step[200].score > by_step[100].score
     result = choose_and_fuse(scored, checkpoints, 1, tmp_path / "lora.safetensors")
