@@ -165,7 +165,7 @@ def kernel_kinds(events, steps: int) -> dict:
     return {k: round(v, 2) for k, v in sorted(sums.items(), key=lambda kv: -kv[1])}
 
 
-def run_profile(steps: int) -> dict:
+def run_profile(steps: int, speedups) -> dict:
     """torch.profiler over ``steps`` eager training steps (after 5 warm-up steps) with the
     default :class:`TrainSpeedups` precision (fp32 master weights): the CUDA kernels that take
     the time, by name and by :data:`KERNEL_KINDS` category."""
@@ -173,14 +173,14 @@ def run_profile(steps: int) -> dict:
 
     from easyphoto.params import TrainRequest
     from easyphoto.train.latent_cache import build_latent_cache
-    from easyphoto.train.lora import LoraTrainer, tf32_matmuls
+    from easyphoto.train.lora import LoraTrainer, _speedups_applied, tf32_matmuls
     from random_models import random_components
 
     request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
     components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
     cache = build_latent_cache(components, DATA / "dataset", request.resolution,
                                request.random_flip, request.seed)
-    with tf32_matmuls(components.device):
+    with tf32_matmuls(components.device), _speedups_applied(components, speedups):
         trainer = LoraTrainer(components, request, steps + 5, graphable=False,
                               master_weights=True)
         for _ in range(5):
@@ -188,8 +188,11 @@ def run_profile(steps: int) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
                 float(trainer.step(trainer.draw_batch(cache)))
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60)
-    print(table, flush=True)
+    top = sorted((e for e in prof.key_averages() if e.device_time_total),
+                 key=lambda e: -e.device_time_total)[:40]
+    for event in top:  # ms per step, calls per step, kernel name
+        print(f"KERNEL {event.device_time_total / 1000 / steps:7.3f} ms "
+              f"{event.count / steps:6.1f}x {event.key[:170]}", flush=True)
     events = prof.key_averages()
     total = sum(e.device_time_total for e in events if e.device_time_total) / 1000 / steps
     return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2),
@@ -320,8 +323,8 @@ def main() -> None:
         result = run_ours(steps, out, speedups_of(way))
     elif way == "validation-profile":
         result = run_validation_profile(out)
-    elif way == "profile":
-        result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    elif way.startswith("profile"):  # profile[:channels_last=1,...] [STEPS]
+        result = run_profile(int(sys.argv[2]) if len(sys.argv) > 2 else 5, speedups_of(way))
     elif way == "loop":
         result = run_loop(int(sys.argv[2]) if len(sys.argv) > 2 else 300, out)
     elif way == "validation":
