@@ -81,8 +81,11 @@ def training_stage(run_dir: Path, request: TrainRequest, dataset_dir: Path, kept
     total = request.train_steps(kept)
     log.info("training %d steps on %d photos (rank %d, alpha %d, %d px)", total, kept,
              request.rank, request.network_alpha, request.resolution)
+    # SD1.5 checkpoints stay on the GPU for validation (~150 MB each at rank 128); SDXL's are
+    # several times larger, on cards with less room to spare: validation reads its files.
+    keep = request.validation and components.family == "sd15"
     return train_lora(components, dataset_dir, request, run_dir / "checkpoints", total,
-                      progress=progress, cancel=cancel, keep_snapshots=request.validation)
+                      progress=progress, cancel=cancel, keep_snapshots=keep)
 
 
 def template_generation_stage(components, models_dir: Optional[Path],
