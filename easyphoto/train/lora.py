@@ -419,7 +419,8 @@ class CheckpointWriter:
 
 @dataclass(frozen=True)
 class TrainSpeedups:
-    """How (not what) :func:`train_lora` computes on CUDA; each switch is ignored on the CPU.
+    """How (not what) :func:`train_lora` computes; every switch but ``read_ahead`` acts on
+    CUDA only (ignored on the CPU).
 
     ``cuda_graph``: replay steps as one CUDA graph (:mod:`.step_graph`).
     ``channels_last``: the UNet's weights in the channels-last layout for the run (other

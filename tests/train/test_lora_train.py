@@ -338,3 +338,29 @@ def test_kept_snapshots_hold_exactly_what_the_checkpoint_files_hold(dataset, tmp
             assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     _, plain = run(dataset, tmp_path / "plain", 3)
     assert plain.checkpoints[0].lora is None  # not kept unless asked
+
+
+def test_read_ahead_reports_every_step_in_order_with_the_same_training(dataset, tmp_path):
+    """Reading each loss only after the next step is queued changes when it is read, not what
+    is trained: same losses, same checkpoint files, progress for every step in order with its
+    own loss."""
+    from easyphoto.train.lora import TrainSpeedups
+
+    runs = {}
+    for ahead in (True, False):
+        events = []
+
+        def progress(event, events=events):
+            if event.stage == "train":
+                events.append((event.done, event.loss))
+
+        components = load_components("tiny-random", sdxl=False, with_canny=False)
+        out = train_lora(components, dataset, request(), tmp_path / str(ahead), 7,
+                         progress=progress, speedups=TrainSpeedups(read_ahead=ahead))
+        assert [done for done, _ in events] == list(range(1, 8))
+        assert [loss for _, loss in events] == out.losses
+        runs[ahead] = out
+    assert runs[True].losses == runs[False].losses
+    for a, b in zip(runs[True].checkpoints, runs[False].checkpoints, strict=True):
+        ours, theirs = load_file(str(a.path)), load_file(str(b.path))
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
