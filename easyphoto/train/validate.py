@@ -25,9 +25,9 @@ import hashlib
 import logging
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import cv2
@@ -351,9 +351,11 @@ class ValidationRenderer:
     def _prepared(self, template: Template) -> ValidationInput:
         """The template's inputs (computed once per renderer: every checkpoint uses them)."""
         key = (template.name, id(template.image), template.face.box)
-        if key not in self._inputs:
-            self._inputs[key] = prepare_input(template.image, template.face.box, self.resolution)
-        return self._inputs[key]
+        image, prepared = self._inputs.get(key, (None, None))
+        if image is not template.image:  # (the image is kept, so its id is not reused)
+            prepared = prepare_input(template.image, template.face.box, self.resolution)
+            self._inputs[key] = (template.image, prepared)
+        return prepared
 
     def _lap(self):
         """``lap(phase)`` adds the seconds since the previous lap to ``seconds[phase]``
