@@ -50,17 +50,20 @@ def speedups_of(way: str):
 
 
 #: (name, TrainSpeedups changes) timed by ``variants``.
-OFF = {"master_weights": False}  # the variants measured before master weights existed
+#: the variants measured before master weights and fused LoRA linears existed
+OFF = {"master_weights": False, "fused_lora": False}
 VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": True}),
             ("graph+cudnn_attention", {**OFF, "attention": "cudnn"}),
             ("graph+flash_attention", {**OFF, "attention": "flash"}),
             ("graph+channels_last+cudnn_attention", {**OFF, "channels_last": True,
                                                      "attention": "cudnn"}),
-            ("graph+master_weights", {"master_weights": True}),
+            ("graph+master_weights", {"master_weights": True, "fused_lora": False}),
             ("graph+master_weights+channels_last", {"master_weights": True,
-                                                    "channels_last": True}),
+                                                    "channels_last": True, "fused_lora": False}),
             ("graph+master_weights+cudnn_benchmark", {"master_weights": True,
-                                                      "cudnn_benchmark": True}))
+                                                      "cudnn_benchmark": True,
+                                                      "fused_lora": False}),
+            ("graph+master_weights+fused_lora", {"master_weights": True, "fused_lora": True}))
 
 
 def run_variants(steps: int, only: str = "") -> dict:
@@ -92,10 +95,11 @@ def run_variants(steps: int, only: str = "") -> dict:
             trainer = LoraTrainer(components, request, steps + 10, graphable=speedups.cuda_graph,
                                   master_weights=speedups.masters_for(components.dtype))
             stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
-            losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]
-            start = _sync()
-            losses += [float(stepper(trainer.draw_batch(cache))) for _ in range(steps)]
-            elapsed = _sync() - start
+            with trainer.fused(speedups.fused_lora):
+                losses = [float(stepper(trainer.draw_batch(cache))) for _ in range(10)]
+                start = _sync()
+                losses += [float(stepper(trainer.draw_batch(cache))) for _ in range(steps)]
+                elapsed = _sync() - start
         torch.backends.cudnn.benchmark = False
         rows[name] = {"steps_per_s": round(steps / elapsed, 3),
                       "ms_per_step": round(1000 * elapsed / steps, 2),
@@ -183,20 +187,33 @@ def run_profile(steps: int, speedups) -> dict:
     with tf32_matmuls(components.device), _speedups_applied(components, speedups):
         trainer = LoraTrainer(components, request, steps + 5, graphable=False,
                               master_weights=True)
-        for _ in range(5):
-            float(trainer.step(trainer.draw_batch(cache)))
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
+        with trainer.fused(speedups.fused_lora):
+            for _ in range(5):
                 float(trainer.step(trainer.draw_batch(cache)))
-    top = sorted((e for e in prof.key_averages() if e.device_time_total),
-                 key=lambda e: -e.device_time_total)[:40]
-    for event in top:  # ms per step, calls per step, kernel name
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                         record_shapes=True) as prof:
+                for _ in range(steps):
+                    float(trainer.step(trainer.draw_batch(cache)))
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    top = sorted((e for e in events if e.device_time_total), key=lambda e: -e.device_time_total)
+    for event in top[:40]:  # ms per step, calls per step, kernel name
         print(f"KERNEL {event.device_time_total / 1000 / steps:7.3f} ms "
               f"{event.count / steps:6.1f}x {event.key[:170]}", flush=True)
-    events = prof.key_averages()
+    print_op_sources(prof, steps)
     total = sum(e.device_time_total for e in events if e.device_time_total) / 1000 / steps
     return {"way": "profile", "steps": steps, "cuda_ms_per_step_sum": round(total, 2),
             "ms_per_step_by_kind": kernel_kinds(events, steps)}
+
+
+def print_op_sources(prof, steps: int, rows: int = 45) -> None:
+    """The operators (with input shapes) whose own kernels take the most GPU time: which
+    copies, additions and conversions a step makes, and on what."""
+    ops = [e for e in prof.key_averages(group_by_input_shape=True)
+           if e.device_type.name == "CPU" and e.self_device_time_total]
+    for event in sorted(ops, key=lambda e: -e.self_device_time_total)[:rows]:
+        print(f"OP {event.self_device_time_total / 1000 / steps:7.3f} ms "
+              f"{event.count / steps:6.1f}x {event.key} {str(event.input_shapes)[:150]}",
+              flush=True)
 
 
 def run_validation_profile(out: Path) -> dict:
