@@ -275,6 +275,18 @@ def run_loop(steps: int, out: Path) -> dict:
     return {"way": "loop", "steps": steps, "loop": rows}
 
 
+def interval_pace(marks: list, start: float, interval: int) -> list:
+    """ms per step within each ``interval`` of steps (the first includes latents, warm-up
+    and capture: it is measured from ``start``)."""
+    pace, last = [], start
+    for step, at in marks:
+        if step % interval == 0 or step == marks[-1][0]:
+            previous = pace and sum(p[0] for p in pace) or 0
+            pace.append((step - previous, at - last))
+            last = at
+    return [round(1000 * seconds / count, 1) for count, seconds in pace]
+
+
 def run_ours(steps: int, out: Path, speedups=None) -> dict:
     """The training pipeline's GPU stages, timed (scoring after rendering, as the pipeline;
     scoring on the validation worker measured slower: see render_all_checkpoints)."""
@@ -295,9 +307,17 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     components = random_components("sd15", dtype=torch.bfloat16)
     times["load_models"] = _sync() - start
     start = _sync()
+    marks = []  # (step, time) as each step's loss is read: the loop's pace by interval
+
+    def progress(event) -> None:
+        if event.stage == "train":
+            marks.append((event.done, time.perf_counter()))
+
     output = train_lora(components, DATA / "dataset", request, out / "checkpoints", steps,
-                        speedups=speedups, keep_snapshots=True)  # as the training pipeline
+                        speedups=speedups, keep_snapshots=True,  # as the training pipeline
+                        progress=progress)
     times["train_total"] = _sync() - start
+    times["ms_per_step_by_interval"] = interval_pace(marks, start, request.validation_steps)
     times.update({f"train_{k}": v for k, v in output.seconds.items()})
     backend = LiteBackend()
     start = _sync()

@@ -8,8 +8,8 @@ the UNet and text encoder) that is ~1,000 element-wise kernels per training step
 
 :func:`fused_lora_linears` replaces, for the duration, the forward of each peft LoRA ``Linear``
 with :class:`LoraLinearFunction`: the LoRA product is added by the matrix multiplication itself
-(``addmm_`` with β = 1 into the base output), ``scaling`` is folded into the small ``lora_B``
-matrix, and the backward pass mirrors it (the input gradient of the LoRA branch is accumulated
+(``addmm_`` with β = 1 into the base output), ``scaling`` is applied by the matrix products
+(their α), and the backward pass mirrors it (the input gradient of the LoRA branch is accumulated
 by ``addmm_`` into the base branch's). Only the LoRA weights get gradients; the base weight
 and bias stay frozen.
 
@@ -34,26 +34,31 @@ class LoraLinearFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, down, up, scale: float):
         flat = x.reshape(-1, x.shape[-1])
         hidden = flat @ down.t()  # (M, r)
-        up_scaled = up * scale  # (out, r): s folded into the small matrix
         out = torch.addmm(bias, flat, weight.t()) if bias is not None else flat @ weight.t()
-        out.addmm_(hidden, up_scaled.t())  # the LoRA branch added by the GEMM (β = 1)
-        ctx.save_for_backward(flat, weight, down, up_scaled, hidden)
+        out.addmm_(hidden, up.t(), alpha=scale)  # the LoRA branch added by the GEMM (β = 1)
+        ctx.save_for_backward(flat, weight, down, up, hidden)
         ctx.scale, ctx.input_shape = scale, x.shape
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad):
-        flat, weight, down, up_scaled, hidden = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        g_hidden = g @ up_scaled  # (M, r) = s · g B
+        flat, weight, down, up, hidden = ctx.saved_tensors
+        g, s = grad.reshape(-1, grad.shape[-1]), ctx.scale
+        g_hidden = _scaled_mm(g, up, s)  # (M, r) = s · g B
         grad_x = grad_down = grad_up = None
         if ctx.needs_input_grad[0]:
             grad_x = (g @ weight).addmm_(g_hidden, down).view(ctx.input_shape)
         if ctx.needs_input_grad[3]:
             grad_down = g_hidden.t() @ flat  # (r, in)
         if ctx.needs_input_grad[4]:
-            grad_up = (g.t() @ hidden).mul_(ctx.scale)  # (out, r)
+            grad_up = _scaled_mm(g.t(), hidden, s)  # (out, r)
         return grad_x, None, None, grad_down, grad_up, None
+
+
+def _scaled_mm(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale · a @ b`` with the scaling done by the GEMM (β = 0: the uninitialised
+    0-d "input" of addmm is ignored, as documented), not by a kernel of its own."""
+    return torch.addmm(a.new_empty(()), a, b, beta=0, alpha=scale)
 
 
 def _autocast_on(device_type: str) -> bool:

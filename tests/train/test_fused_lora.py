@@ -184,3 +184,11 @@ def test_training_with_and_without_fusing_saves_the_same_lora(tmp_path):
     assert ours.keys() == theirs.keys()
     for key in ours:
         torch.testing.assert_close(ours[key].float(), theirs[key].float(), atol=2e-3, rtol=1e-2)
+
+
+def test_scaled_products_ignore_their_placeholder_input():
+    """``_scaled_mm`` relies on addmm ignoring ``input`` when β = 0 (NaN there must not leak)."""
+    a, b = torch.randn(5, 3), torch.randn(3, 4)
+    nan = torch.tensor(float("nan"))
+    torch.testing.assert_close(torch.addmm(nan, a, b, beta=0, alpha=0.5), 0.5 * (a @ b))
+    torch.testing.assert_close(fused_lora._scaled_mm(a, b, 0.25), 0.25 * (a @ b))
