@@ -275,6 +275,51 @@ def run_loop(steps: int, out: Path) -> dict:
     return {"way": "loop", "steps": steps, "loop": rows}
 
 
+def run_coldstart(speedups, out: Path, steps: int = 8) -> dict:
+    """A fresh process's first training steps one by one (eager warm-up, capture, replays)
+    and its first two validation rounds: what the first use of each kernel costs (cuDNN
+    plans, runtime-compiled attention kernels) under ``speedups``."""
+    from easyphoto.face.lite import LiteBackend
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.latent_cache import build_latent_cache
+    from easyphoto.train.lora import Checkpoint, LoraTrainer, _speedups_applied, tf32_matmuls
+    from easyphoto.train.step_graph import GraphedSteps
+    from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints,
+                                          validation_templates)
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16)
+    cache = build_latent_cache(components, DATA / "dataset", request.resolution,
+                               request.random_flip, request.seed)
+    seconds, checkpoints = [], []
+    with tf32_matmuls(components.device), _speedups_applied(components, speedups):
+        trainer = LoraTrainer(components, request, steps, graphable=speedups.cuda_graph,
+                              master_weights=speedups.masters_for(components.dtype))
+        stepper = GraphedSteps(trainer) if speedups.cuda_graph else trainer.step
+        with trainer.fused(speedups.fused_lora):
+            for step in range(1, steps + 1):
+                start = _sync()
+                float(stepper(trainer.draw_batch(cache)))
+                seconds.append(round(_sync() - start, 3))
+            for step in (steps - 1, steps):
+                checkpoints.append(Checkpoint(step, out / f"c{step}.safetensors",
+                                              trainer.snapshot(step)))
+        print(f"COLD steps {seconds}", flush=True)
+        templates = validation_templates(None, sorted((DATA / "photos").iterdir()),
+                                         backend=LiteBackend())
+        renderer = ValidationRenderer(components, request)
+        rounds = []
+        for checkpoint in checkpoints:  # (with the attention order of ``speedups`` too)
+            start = _sync()
+            render_all_checkpoints(components, [checkpoint], templates, request,
+                                   out / f"v{checkpoint.step}", renderer=renderer)
+            rounds.append(round(_sync() - start, 3))
+    print(f"COLD validation rounds {rounds}", flush=True)
+    return {"way": "coldstart", "speedups": str(speedups), "step_seconds": seconds,
+            "validation_round_seconds": rounds}
+
+
 def interval_pace(marks: list, start: float, interval: int) -> list:
     """ms per step within each ``interval`` of steps (the first includes latents, warm-up
     and capture: it is measured from ``start``)."""
@@ -358,6 +403,8 @@ def main() -> None:
     torch.cuda.reset_peak_memory_stats()
     if way.startswith("ours"):
         result = run_ours(steps, out, speedups_of(way))
+    elif way.startswith("coldstart"):  # coldstart[:attention=flash,...]
+        result = run_coldstart(speedups_of(way), out)
     elif way == "validation-profile":
         result = run_validation_profile(out)
     elif way.startswith("profile"):  # profile[:channels_last=1,...] [STEPS]
