@@ -63,7 +63,11 @@ VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": Tru
             ("graph+master_weights+cudnn_benchmark", {"master_weights": True,
                                                       "cudnn_benchmark": True,
                                                       "fused_lora": False}),
-            ("graph+master_weights+fused_lora", {"master_weights": True, "fused_lora": True}))
+            ("graph+master_weights+fused_lora", {"master_weights": True, "fused_lora": True}),
+            ("graph+master_weights+fused_lora+channels_last_native_gn",
+             {"master_weights": True, "channels_last": True, "nhwc_group_norm": False}),
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn",
+             {"master_weights": True, "channels_last": True}))
 
 
 def run_variants(steps: int, only: str = "") -> dict:

@@ -443,6 +443,9 @@ class TrainSpeedups:
     same loss trajectory, 8.2 → 7.3 GiB peak.
     ``read_ahead``: read a step's loss only once the next step is queued (no GPU idle time
     between steps); off: read it right after its step.
+    ``nhwc_group_norm``: with ``channels_last``, the UNet's GroupNorm layers read and write
+    channels-last tensors (:mod:`.nhwc_group_norm`, Triton) instead of converting to NCHW
+    and back around every norm.
     ``fused_lora``: each LoRA linear as one autograd node (:mod:`.fused_lora`: the LoRA
     branch added by the matrix product, no element-wise kernels per layer); where it would
     not be exact (autocast, fp16 training) peft's forward runs.
@@ -458,6 +461,7 @@ class TrainSpeedups:
     master_weights: Optional[bool] = None
     read_ahead: bool = True
     fused_lora: bool = True
+    nhwc_group_norm: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_ORDERS:
@@ -488,6 +492,10 @@ def _speedups_applied(components, speedups: TrainSpeedups):
         if speedups.channels_last:
             components.unet.to(memory_format=torch.channels_last)
             stack.callback(components.unet.to, memory_format=torch.contiguous_format)
+            if speedups.nhwc_group_norm:
+                from .nhwc_group_norm import nhwc_group_norms
+
+                stack.enter_context(nhwc_group_norms([components.unet]))
         yield
 
 
