@@ -67,7 +67,11 @@ VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": Tru
             ("graph+master_weights+fused_lora+channels_last_native_gn",
              {"master_weights": True, "channels_last": True, "nhwc_group_norm": False}),
             ("graph+master_weights+fused_lora+channels_last_nhwc_gn",
-             {"master_weights": True, "channels_last": True}))
+             {"master_weights": True, "channels_last": True}),
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+flash_attention",
+             {"master_weights": True, "channels_last": True, "attention": "flash"}),
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+cudnn_attention",
+             {"master_weights": True, "channels_last": True, "attention": "cudnn"}))
 
 
 def run_variants(steps: int, only: str = "") -> dict:

@@ -475,6 +475,17 @@ ATTENTION_ORDERS = {"default": None,
                     "flash": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")}
 
 
+def attention_order(device: torch.device, name: str):
+    """Context: scaled-dot-product attention tries the back-ends of
+    ``ATTENTION_ORDERS[name]`` first (CUDA only; ``"default"`` or a CPU: no change)."""
+    order = ATTENTION_ORDERS[name]
+    if order is None or torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, backend) for backend in order], set_priority=True)
+
+
 @contextlib.contextmanager
 def _speedups_applied(components, speedups: TrainSpeedups):
     """Channels-last UNet and the SDPA order for the duration (CUDA only); restored after."""
@@ -483,12 +494,7 @@ def _speedups_applied(components, speedups: TrainSpeedups):
         yield
         return
     with contextlib.ExitStack() as stack:
-        order = ATTENTION_ORDERS[speedups.attention]
-        if order is not None:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            stack.enter_context(sdpa_kernel([getattr(SDPBackend, name) for name in order],
-                                            set_priority=True))
+        stack.enter_context(attention_order(device, speedups.attention))
         if speedups.channels_last:
             components.unet.to(memory_format=torch.channels_last)
             stack.callback(components.unet.to, memory_format=torch.contiguous_format)

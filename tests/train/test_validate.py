@@ -8,6 +8,7 @@ Scoring on real photos and the fusion arithmetic are in ``test_fusion.py``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from easyphoto.face import get_face_backend
+from easyphoto.errors import InvalidRequest
 from easyphoto.face.types import Box
 from easyphoto.params import CAPTION, TrainRequest
 from easyphoto.train import validate
@@ -473,3 +475,13 @@ def test_own_loop_is_off_where_it_does_not_apply(tiny, request_):
     plain = dataclasses.replace(request_, validation_canny=False)
     assert ValidationRenderer(components(tiny), plain, resolution=TINY_PX,
                               own_loop=True).loop is None  # no ControlNet
+
+
+def test_attention_order_is_checked_and_leaves_the_cpu_alone(tiny, request_):
+    from easyphoto.train.lora import attention_order
+
+    with pytest.raises(InvalidRequest, match="attention must be one of"):
+        ValidationRenderer(components(tiny), request_, resolution=TINY_PX, attention="fast")
+    assert ValidationRenderer(components(tiny), request_, resolution=TINY_PX).attention == "flash"
+    assert isinstance(attention_order(torch.device("cpu"), "flash"), contextlib.nullcontext)
+    assert isinstance(attention_order(torch.device("cuda"), "default"), contextlib.nullcontext)
