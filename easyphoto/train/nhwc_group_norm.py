@@ -17,9 +17,13 @@ frozen affine, no autocast, ≤ 128 channels per group), PyTorch's GroupNorm eve
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from typing import Iterator, Optional, Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 #: channels per group the statistics kernel handles (SD/SDXL: at most 2560 / 32 = 80)
 MAX_GROUP_CHANNELS = 128
@@ -148,3 +152,31 @@ def nhwc_group_norms(models: Sequence[torch.nn.Module]) -> Iterator[int]:
     finally:
         for norm in norms:
             norm.__dict__.pop("forward", None)
+
+
+def warm_up(dtype: torch.dtype, device: str = "cuda") -> None:
+    """Compile and load the kernels for ``dtype`` (one forward and backward on a small
+    tensor): Triton compiles at first use, ~4 s on a fresh machine (then cached on disk)."""
+    x = torch.randn(1, 64, 4, 4, device=device, dtype=dtype)
+    x = x.to(memory_format=torch.channels_last).requires_grad_(True)
+    weight = torch.ones(64, device=device, dtype=dtype)
+    NhwcGroupNorm.apply(x, 32, weight, torch.zeros_like(weight), 1e-5).backward(
+        torch.ones_like(x))
+    torch.cuda.synchronize(device)
+
+
+def start_warm_up(dtype: torch.dtype) -> Optional[threading.Thread]:
+    """:func:`warm_up` on a background thread (while photos are preprocessed and models load);
+    None where the kernels cannot run. A failure is only logged: training compiles them then."""
+    if not triton_usable():
+        return None
+
+    def run() -> None:
+        try:
+            warm_up(dtype)
+        except Exception as error:  # noqa: BLE001 - optional: the first step compiles instead
+            logger.warning("channels-last GroupNorm warm-up failed: %s", error)
+
+    thread = threading.Thread(target=run, name="easyphoto-kernel-warm-up", daemon=True)
+    thread.start()
+    return thread

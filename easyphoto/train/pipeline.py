@@ -130,6 +130,21 @@ def final_checkpoint_only(run_dir: Path, checkpoints, prep) -> dict:
             "checkpoints": {str(final.path.name): 1.0}, "face_id": "ref.jpg"}
 
 
+def _start_kernel_warm_up(request: TrainRequest):
+    """The training's Triton kernels compiled on a background thread, where it will use them
+    (CUDA, channels-last GroupNorm); the thread, or None."""
+    from .loading import resolve_device, weight_dtype
+    from .lora import TrainSpeedups
+
+    device = resolve_device(None)
+    dtype = weight_dtype(request.mixed_precision or "fp16", device)
+    if device.type != "cuda" or not TrainSpeedups().channels_last_for(dtype):
+        return None
+    from .nhwc_group_norm import start_warm_up
+
+    return start_warm_up(dtype)
+
+
 def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
                progress: ProgressFn = no_progress, cancel: Optional[CancelToken] = None,
                models_dir: Optional[Path] = None) -> dict:
@@ -137,6 +152,7 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
     from .loading import load_components
 
     request, cancel, timings = request.resolved(), cancel or CancelToken(), {}
+    warm_up = _start_kernel_warm_up(request)  # compiles while photos and models load
     backend = get_face_backend(request.face_backend, models_dir=models_dir)
     with _timed(timings, "preprocess"):
         prep = preprocess_stage(run_dir, request, photos, backend, progress, cancel)
@@ -149,6 +165,8 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
         with _timed(timings, "validation_templates"):
             generated = template_generation_stage(components, models_dir, progress=progress,
                                                   cancel=cancel)
+    if warm_up is not None:
+        warm_up.join()
     with _timed(timings, "train"):
         output = training_stage(run_dir, request, prep.dataset_dir, prep.kept, components,
                                 progress, cancel)

@@ -157,3 +157,19 @@ def test_kernels_equal_pytorch_in_the_triton_interpreter():
     assert len(errors) == 4
     for out_error, grad_error, out_nhwc, grad_nhwc in errors:
         assert out_error < 1e-4 and grad_error < 1e-4 and out_nhwc and grad_nhwc, errors
+
+
+def test_warm_up_only_where_the_kernels_run():
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.nhwc_group_norm import start_warm_up
+    from easyphoto.train.pipeline import _start_kernel_warm_up
+
+    request = TrainRequest(user_id="u", mixed_precision="bf16")
+    if not triton_usable():
+        assert start_warm_up(torch.bfloat16) is None and _start_kernel_warm_up(request) is None
+        return
+    thread = _start_kernel_warm_up(request)  # bf16 on CUDA: channels-last by default
+    assert thread is not None
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert _start_kernel_warm_up(TrainRequest(user_id="u", mixed_precision="fp16")) is None
