@@ -393,8 +393,9 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
         times["validation_graph_captures"] = renderer.loop.graphs.captures
         times["validation_last_graphed"] = renderer.loop.graphs.last_graphed
     start = time.perf_counter()
-    paths = [c.path for c in output.checkpoints]
-    fuse_checkpoints(paths, [1.0 / len(paths)] * len(paths), out / "fused_all.safetensors")
+    paths = [c.path for c in output.checkpoints]  # from the kept tensors, as the pipeline
+    fuse_checkpoints(paths, [1.0 / len(paths)] * len(paths), out / "fused_all.safetensors",
+                     {c.path: c.lora.kohya_tensors() for c in output.checkpoints})
     times["fusion_weighted_average"] = time.perf_counter() - start
     start = time.perf_counter()
     choose_and_fuse(renders, output.checkpoints, request.fusion_top_k, out / "lora.safetensors",

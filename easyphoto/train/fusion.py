@@ -115,6 +115,14 @@ def _fallback(renders: Sequence[Render], checkpoints: Mapping[int, Path], top_k:
                         True, reason, message, [r.to_dict() for r in renders])
 
 
+def checkpoint_tensors(checkpoints) -> dict:
+    """``{step: () -> kohya tensors}`` of the checkpoints kept in memory (``.lora``)."""
+    if isinstance(checkpoints, Mapping):
+        return {}
+    return {int(c.step): c.lora.kohya_tensors for c in checkpoints
+            if getattr(c, "lora", None) is not None}
+
+
 def choose_and_fuse(renders: Sequence[Render], checkpoints, top_k: int, out_path: PathLike, *,
                     face_id_path: Optional[PathLike] = None,
                     ref_image: Optional[PathLike] = None) -> FusionResult:
@@ -123,8 +131,10 @@ def choose_and_fuse(renders: Sequence[Render], checkpoints, top_k: int, out_path
     ``checkpoints``: every checkpoint, as ``{step: file}`` or objects with ``.step`` / ``.path``
     (the largest step is the final one); ``out_path``: the fused LoRA; ``face_id_path``
     defaults to ``out_path``'s folder / ``face_id.jpg``; ``ref_image`` (the reference photo) is
-    used only by the no-face fallback.
+    used only by the no-face fallback. Checkpoints that carry their tensors
+    (``Checkpoint.lora``) are averaged from memory (the same tensors as their files).
     """
+    in_memory = checkpoint_tensors(checkpoints)
     checkpoints = checkpoint_files(checkpoints)
     if not checkpoints:
         raise FusionError("there is no LoRA checkpoint to fuse.")
@@ -137,8 +147,10 @@ def choose_and_fuse(renders: Sequence[Render], checkpoints, top_k: int, out_path
         return _fallback(renders, checkpoints, top_k, out_path, face_id_path, ref_image)
     chosen = ranked[:top_k]
     weights = checkpoint_weights(chosen, checkpoints)
+    kept = {checkpoints[w["step"]]: in_memory[w["step"]]() for w in weights
+            if w["step"] in in_memory}
     fuse_checkpoints([checkpoints[w["step"]] for w in weights], [w["weight"] for w in weights],
-                     out_path)
+                     out_path, kept)
     best = chosen[0]
     _write_face_id(best, face_id_path)
     message = (f"fused {len(weights)} checkpoint(s) from the top {len(chosen)} of "

@@ -384,6 +384,12 @@ class LoraSnapshot:
         host = [{k: next(pieces).view(t.shape) for k, t in state.items()} for state in states]
         return host[0], host[1:]
 
+    def kohya_tensors(self) -> dict:
+        """The tensors :meth:`write` puts in the file (kohya keys), still on the device."""
+        from .lora_io import kohya_tensors
+
+        return kohya_tensors(self.unet, self.text_encoders, self.rank, self.alpha, self.family)
+
     def as_kohya_lora(self):
         """The snapshot's tensors as :func:`~.lora_io.load_kohya_lora` returns its file's
         (same keys and values; the file's extra metadata aside), without the disk."""

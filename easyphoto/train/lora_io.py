@@ -164,6 +164,19 @@ def save_kohya_lora(path: PathLike, unet_lora_state: Optional[StateDict],
     added as strings (non-strings JSON-encoded) next to ``ss_network_module``, ``ss_network_dim``,
     ``ss_network_alpha``, ``ss_base_model_version`` and ``easyphoto_version``. Returns ``path``.
     """
+    tensors = kohya_tensors(unet_lora_state, te_lora_states, rank, alpha, family)
+    meta = _build_metadata(family, int(rank), alpha, metadata or {})
+    _write_safetensors(path, tensors, meta)
+    logger.info("saved LoRA %s: %d modules, rank %d, alpha %s", path,
+                sum(k.endswith(".alpha") for k in tensors), rank, alpha)
+    return Path(path)
+
+
+def kohya_tensors(unet_lora_state: Optional[StateDict],
+                  te_lora_states: Sequence[Optional[StateDict]], rank: int, alpha: float,
+                  family: str = "sd15") -> dict:
+    """The tensors :func:`save_kohya_lora` writes (kohya keys, an ``.alpha`` per module), on
+    the states' own device."""
     _check_family(family)
     prefixes = TE_PREFIXES[family]
     if len(te_lora_states) not in (0, len(prefixes)):
@@ -179,11 +192,7 @@ def save_kohya_lora(path: PathLike, unet_lora_state: Optional[StateDict],
         raise InvalidRequest("There are no LoRA weights to save.")
     for key in [k for k in tensors if k.endswith(".lora_down.weight")]:
         tensors[key.removesuffix("lora_down.weight") + "alpha"] = torch.tensor(float(alpha))
-    meta = _build_metadata(family, int(rank), alpha, metadata or {})
-    _write_safetensors(path, tensors, meta)
-    logger.info("saved LoRA %s: %d modules, rank %d, alpha %s", path,
-                sum(k.endswith(".alpha") for k in tensors), rank, alpha)
-    return Path(path)
+    return tensors
 
 
 def _number(value: float) -> str:
@@ -333,33 +342,38 @@ def _accumulate(total: dict, reference: dict, path: PathLike, tensors: StateDict
             total[key] = tensor.to(torch.float32, copy=True).mul_(weight)
 
 
-def weighted_average(paths_and_weights: Iterable[tuple[PathLike, float]]) -> dict:
+def weighted_average(paths_and_weights: Iterable[tuple[PathLike, float]],
+                     in_memory: Optional[Mapping[Path, dict]] = None) -> dict:
     """SPEC 1.4 fusion: Σ wᵢ·checkpointᵢ, ``lora_up`` and ``lora_down`` averaged separately.
 
     (This is the reference's arithmetic; it is not the average of the products up @ down.)
     Weights must be ≥ 0 and sum to 1; ``.alpha`` must be equal across inputs and is kept.
-    Sums run in float32, results take the first file's dtypes. Files are read one at a time.
+    Sums run in float32, results take the first file's dtypes (on the CPU). Files are read
+    one at a time; ``in_memory`` (path → the file's tensors, e.g. on the GPU, as
+    :func:`kohya_tensors` makes them) spares reading those files.
     """
     items = [(Path(p), float(w)) for p, w in paths_and_weights]
     _check_weights([w for _, w in items])
+    in_memory = in_memory or {}
     reference: dict = {}
     total: dict = {}
     for path, weight in items:
-        tensors, _ = read_kohya_file(path)
+        tensors = in_memory[path] if path in in_memory else read_kohya_file(path)[0]
         reference = reference or tensors
         _accumulate(total, reference, path, tensors, weight)
-    fused = {key: value.to(reference[key].dtype) for key, value in total.items()}
+    fused = {key: value.to(reference[key].dtype).cpu() for key, value in total.items()}
     fused.update({key: value for key, value in reference.items() if key.endswith(".alpha")})
     return fused
 
 
 def fuse_checkpoints(paths: Sequence[PathLike], weights: Sequence[float],
-                     out_path: PathLike) -> Path:
+                     out_path: PathLike, in_memory: Optional[Mapping[Path, dict]] = None) -> Path:
     """Write the weighted average of LoRA checkpoints (kohya keys + metadata) to ``out_path``.
 
     Metadata comes from the first file, plus ``easyphoto_fused_from`` (JSON list of
     ``{"file", "weight"}``); all inputs must share ``ss_base_model_version``. Same path twice =
     its weights add up (SPEC 1.4: a checkpoint chosen k times of 10 weighs k/10).
+    ``in_memory``: see :func:`weighted_average` (the files' metadata is still read).
     """
     if len(paths) != len(weights):
         raise InvalidRequest(f"{len(paths)} LoRA checkpoints but {len(weights)} weights.")
@@ -369,7 +383,7 @@ def fuse_checkpoints(paths: Sequence[PathLike], weights: Sequence[float],
     if len(versions) > 1:
         raise InvalidRequest(f"LoRA checkpoints for different base models cannot be fused: "
                              f"{sorted(versions)}.")
-    fused = weighted_average(zip(paths, weights))
+    fused = weighted_average(zip(paths, weights), in_memory)
     meta = dict(metas[0], easyphoto_version=__version__, easyphoto_fused_from=json.dumps(
         [{"file": Path(p).name, "weight": float(w)} for p, w in zip(paths, weights)]))
     _write_safetensors(out_path, fused, meta)

@@ -41,4 +41,10 @@ def test_cuda_training_writes_and_keeps_the_same_checkpoints(tmp_path):
         for ours, theirs in zip([kept.unet, *kept.text_encoders],
                                 [read.unet, *read.text_encoders], strict=True):
             assert ours.keys() == theirs.keys() and ours
-            assert all(torch.equal(ours[k].cpu(), theirs[k]) for k in ours)
+            assert all(_same_bits(ours[k].cpu(), theirs[k]) for k in ours)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaN included: fp16 training may overflow on the tiny models)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.view(torch.int16), b.view(torch.int16))

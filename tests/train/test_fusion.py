@@ -125,3 +125,32 @@ def test_no_face_anywhere_falls_back_to_final_checkpoint_and_reference(tmp_path,
     assert (tmp_path / "user" / "face_id.jpg").read_bytes() == photo("obama.jpg").read_bytes()
     assert result.face_id_source == "reference image" and result.chosen == []
     assert json.loads(json.dumps(result.to_dict()))["fallback"] is True
+
+
+def test_checkpoints_kept_in_memory_fuse_without_reading_their_tensors(tmp_path, checkpoints,
+                                                                       monkeypatch):
+    """Checkpoints that carry their tensors (``Checkpoint.lora``) are averaged from memory:
+    the same fused file as from the files, and no checkpoint file's tensors are read."""
+    from safetensors.torch import load_file as load
+
+    from easyphoto.train import lora_io
+    from easyphoto.train.lora import Checkpoint, LoraSnapshot
+
+    def kept(step):  # the checkpoint's states, as training keeps them
+        lora = lora_io.load_kohya_lora(checkpoints[step])
+        snapshot = LoraSnapshot(lora.unet, lora.text_encoders, RANK, ALPHA, {}, "sd15")
+        tensors = snapshot.kohya_tensors()
+        on_disk = load(checkpoints[step])
+        assert tensors.keys() == on_disk.keys() and all(
+            torch.equal(tensors[k], on_disk[k]) for k in tensors)
+        return Checkpoint(step, checkpoints[step], snapshot)
+
+    steps = [100, 200, 200, 300]
+    renders = [fake_render(tmp_path, s, i, 0.9 - 0.01 * i) for i, s in enumerate(steps)]
+    from_files = choose_and_fuse(renders, checkpoints, 10, tmp_path / "files" / "lora.safetensors")
+    objects = [kept(step) for step in sorted(checkpoints)]
+    monkeypatch.setattr(lora_io, "read_kohya_file", lambda path: pytest.fail(f"read {path}"))
+    from_memory = choose_and_fuse(renders, objects, 10, tmp_path / "memory" / "lora.safetensors")
+    assert from_memory.weights == from_files.weights
+    ours, theirs = load(from_memory.lora_path), load(from_files.lora_path)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
