@@ -328,6 +328,37 @@ def run_coldstart(speedups, out: Path, steps: int = 8) -> dict:
             "validation_round_seconds": rounds}
 
 
+def run_fusion(out: Path, checkpoints: int = 8) -> dict:
+    """Fusion of ``checkpoints`` SD1.5 rank-128 LoRA checkpoints (random values, the training's
+    keys and shapes) from their files and from their tensors kept on the GPU."""
+    from peft import get_peft_model_state_dict
+
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.lora import LoraTrainer
+    from easyphoto.train.lora_io import fuse_checkpoints
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    trainer = LoraTrainer(components, request, 10, graphable=True, master_weights=True)
+    kept = []
+    for step in range(checkpoints):
+        for model in [components.unet, *components.text_encoders]:
+            for tensor in get_peft_model_state_dict(model, adapter_name="easyphoto").values():
+                tensor.data.normal_()
+        snapshot = trainer.snapshot(step)
+        kept.append((snapshot.write(out / f"c{step}.safetensors"), snapshot))
+    paths, weights = [p for p, _ in kept], [1.0 / checkpoints] * checkpoints
+    rows = {}
+    for name in ("files", "memory", "files", "memory"):
+        start = _sync()
+        memory = {p: s.kohya_tensors() for p, s in kept} if name == "memory" else None
+        fuse_checkpoints(paths, weights, out / f"fused-{name}.safetensors", memory)
+        rows[name] = round(_sync() - start, 3)
+        print(f"FUSION {name} {rows[name]} s", flush=True)
+    return {"way": "fusion", "checkpoints": checkpoints, "seconds": rows}
+
+
 def interval_pace(marks: list, start: float, interval: int) -> list:
     """ms per step within each ``interval`` of steps (the first includes latents, warm-up
     and capture: it is measured from ``start``)."""
@@ -420,6 +451,8 @@ def main() -> None:
         result = run_ours(steps, out, speedups_of(way))
     elif way.startswith("coldstart"):  # coldstart[:attention=flash,...]
         result = run_coldstart(speedups_of(way), out)
+    elif way == "fusion":
+        result = run_fusion(out)
     elif way == "validation-profile":
         result = run_validation_profile(out)
     elif way.startswith("profile"):  # profile[:channels_last=1,...] [STEPS]

@@ -145,7 +145,7 @@ def _to_kohya(state: StateDict, prefix: str, rank: int, text_encoder: bool) -> d
         kohya_key = f"{kohya_name(prefix, module)}.{_PEFT_TO_KOHYA[part]}.weight"
         if kohya_key in out:
             raise InvalidRequest(f"Two LoRA keys map to {kohya_key}.")
-        out[kohya_key] = tensor.detach().to("cpu").contiguous()
+        out[kohya_key] = tensor.detach()
     for key in out:
         partner = key.replace(".lora_down.", ".lora_up.") if ".lora_down." in key else \
             key.replace(".lora_up.", ".lora_down.")
@@ -164,7 +164,8 @@ def save_kohya_lora(path: PathLike, unet_lora_state: Optional[StateDict],
     added as strings (non-strings JSON-encoded) next to ``ss_network_module``, ``ss_network_dim``,
     ``ss_network_alpha``, ``ss_base_model_version`` and ``easyphoto_version``. Returns ``path``.
     """
-    tensors = kohya_tensors(unet_lora_state, te_lora_states, rank, alpha, family)
+    tensors = {key: tensor.to("cpu").contiguous() for key, tensor in
+               kohya_tensors(unet_lora_state, te_lora_states, rank, alpha, family).items()}
     meta = _build_metadata(family, int(rank), alpha, metadata or {})
     _write_safetensors(path, tensors, meta)
     logger.info("saved LoRA %s: %d modules, rank %d, alpha %s", path,
