@@ -20,7 +20,9 @@
   bf16); TF32 matmuls are switched on for the duration of :func:`train_lora` and restored after.
 * Speed on CUDA: fused AdamW; after 3 eager steps the whole step is replayed as a CUDA graph
   (:mod:`.step_graph`; measured on an H200, SD1.5 512 px batch 1×4 rank 128 bf16: 8.7 → 15.3
-  steps/s, 800 steps in 52 s, 8.4 GiB peak). No host sync per step except reading the loss.
+  steps/s); the other :class:`TrainSpeedups` (fused LoRA linears, channels-last with a Triton
+  GroupNorm) bring an H100 to ≈ 19–20 steps/s graphed (bench/README.md, session 5). No host
+  sync per step except reading the loss (a step late: ``read_ahead``).
 * Determinism: one ``torch.Generator`` on the device, seeded with ``request.seed``, draws
   samples, noise and timesteps; LoRA init is seeded too; the global RNG is left untouched.
   On CPU the same seed gives bit-identical checkpoints.
