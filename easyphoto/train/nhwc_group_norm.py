@@ -145,6 +145,8 @@ def nhwc_group_norms(models: Sequence[torch.nn.Module]) -> Iterator[int]:
     CUDA). Their own forward is restored on exit."""
     norms = [m for model in models for m in model.modules()
              if type(m) is torch.nn.GroupNorm] if triton_usable() else []
+    if norms and not _kernels_run(norms[0]):
+        norms = []
     for norm in norms:
         norm.forward = _nhwc_forward(norm)
     try:
@@ -152,6 +154,24 @@ def nhwc_group_norms(models: Sequence[torch.nn.Module]) -> Iterator[int]:
     finally:
         for norm in norms:
             norm.__dict__.pop("forward", None)
+
+
+def _kernels_run(norm: torch.nn.GroupNorm) -> bool:
+    """Whether the kernels compile and run here for ``norm``'s dtype (instant once compiled);
+    if not, PyTorch's GroupNorm stays, with a warning saying why."""
+    dtype = norm.weight.dtype if norm.weight is not None else torch.float32
+    device = norm.weight.device if norm.weight is not None else torch.device("cuda")
+    return device.type == "cuda" and _warmed_up(dtype, str(device))
+
+
+def _warmed_up(dtype: torch.dtype, device: str) -> bool:
+    try:
+        warm_up(dtype, device)
+    except Exception as error:  # noqa: BLE001 - e.g. a GPU Triton cannot compile for
+        logger.warning("channels-last GroupNorm unavailable (%s: %s); using PyTorch's GroupNorm",
+                       type(error).__name__, error)
+        return False
+    return True
 
 
 def warm_up(dtype: torch.dtype, device: str = "cuda") -> None:

@@ -173,3 +173,23 @@ def test_warm_up_only_where_the_kernels_run():
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert _start_kernel_warm_up(TrainRequest(user_id="u", mixed_precision="fp16")) is None
+
+
+def test_kernels_that_fail_leave_pytorch_group_norm_with_a_warning(monkeypatch, caplog):
+    """A GPU where the Triton kernels do not compile or run: no layer is switched and a
+    warning says why (training goes on with PyTorch's GroupNorm)."""
+    from easyphoto.train import nhwc_group_norm
+
+    def broken(dtype, device="cuda"):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(nhwc_group_norm, "warm_up", broken)
+    with caplog.at_level("WARNING"):
+        assert not nhwc_group_norm._warmed_up(torch.bfloat16, "cuda")
+    assert "channels-last GroupNorm unavailable (RuntimeError: no kernel for this GPU)" in \
+        caplog.text
+    monkeypatch.setattr(nhwc_group_norm, "triton_usable", lambda: True)
+    model = _model()  # CPU weights: the kernels cannot run for it
+    with nhwc_group_norms([model]) as switched:
+        assert "forward" not in model[1].__dict__
+    assert switched == 0
