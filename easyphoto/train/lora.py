@@ -501,9 +501,15 @@ def attention_order(device: torch.device, name: str):
     order = ATTENTION_ORDERS[name]
     if order is None or torch.device(device).type != "cuda":
         return contextlib.nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([getattr(SDPBackend, backend) for backend in order], set_priority=True)
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3 (a WebUI host's torch): PyTorch's own order
+        return contextlib.nullcontext()
+    backends = [getattr(SDPBackend, b) for b in order if hasattr(SDPBackend, b)]
+    try:
+        return sdpa_kernel(backends, set_priority=True)
+    except TypeError:  # torch < 2.5: no priority order to set
+        return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -485,3 +485,22 @@ def test_attention_order_is_checked_and_leaves_the_cpu_alone(tiny, request_):
     assert ValidationRenderer(components(tiny), request_, resolution=TINY_PX).attention == "flash"
     assert isinstance(attention_order(torch.device("cpu"), "flash"), contextlib.nullcontext)
     assert isinstance(attention_order(torch.device("cuda"), "default"), contextlib.nullcontext)
+
+
+def test_attention_order_on_older_torch_keeps_pytorch_s_own(monkeypatch):
+    """A WebUI host's torch: no torch.nn.attention (< 2.3), or no priority order (< 2.5)."""
+    import sys
+    import types
+
+    from easyphoto.train.lora import attention_order
+
+    monkeypatch.setitem(sys.modules, "torch.nn.attention", None)
+    assert isinstance(attention_order(torch.device("cuda"), "flash"), contextlib.nullcontext)
+
+    def no_priority(backends):  # torch 2.3–2.4's signature
+        raise AssertionError("not called with the priority flag")
+
+    old = types.SimpleNamespace(SDPBackend=types.SimpleNamespace(FLASH_ATTENTION=1, MATH=3),
+                                sdpa_kernel=no_priority)
+    monkeypatch.setitem(sys.modules, "torch.nn.attention", old)
+    assert isinstance(attention_order(torch.device("cuda"), "flash"), contextlib.nullcontext)
