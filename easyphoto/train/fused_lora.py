@@ -75,6 +75,8 @@ def _fusable(layer, adapter: str, x: torch.Tensor, args: tuple, kwargs: dict) ->
     if args or kwargs or layer.merged or layer.disable_adapters:
         return False
     if list(layer.active_adapters) != [adapter] or adapter in getattr(layer, "lora_variant", {}):
+        return False  # (lora_variant: DoRA and the like in peft ≥ 0.15; use_dora before)
+    if getattr(layer, "use_dora", {}).get(adapter, False):
         return False
     if not isinstance(layer.lora_dropout[adapter], torch.nn.Identity):
         return False
