@@ -1,4 +1,4 @@
-"""Triton kernels of :mod:`.nhwc_group_norm` (imported only where Triton and CUDA are).
+"""Triton kernels of :mod:`.nhwc_group_norm` (launched only where Triton and CUDA are).
 
 Tensors are channels-last: element (n, row, c) of an (N, H·W, C) view sits at
 ``(n·HW + row)·C + c``. Group ``g`` is channels ``[g·CG, (g+1)·CG)``. Statistics are float32.
@@ -14,15 +14,23 @@ Tensors are channels-last: element (n, row, c) of an (N, H·W, C) view sits at
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+try:
+    import triton
+    import triton.language as tl
+
+    jit = triton.jit
+except ImportError:  # no Triton (CPU-only installs): the module still imports; its kernels
+    tl = None        # are never launched there (nhwc_group_norm checks triton_usable first)
+
+    def jit(**_options):
+        return lambda fn: fn
 
 #: not specialised (one compiled kernel for every SD shape); HW and C keep Triton's
 #: divisibility specialisation, which lets the loads vectorise
 _GENERIC = ["CG", "G", "NBLK"]
 
 
-@triton.jit(do_not_specialize=_GENERIC)
+@jit(do_not_specialize=_GENERIC)
 def partial_sums(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, sum_a_ptr, sum_b_ptr,
                  HW, C, CG, G, NBLK,
                  BACKWARD: tl.constexpr, HAS_W: tl.constexpr,
@@ -60,7 +68,7 @@ def partial_sums(x_ptr, dy_ptr, w_ptr, mean_ptr, rstd_ptr, sum_a_ptr, sum_b_ptr,
     tl.store(sum_b_ptr + out, acc_b, mask=cmask)
 
 
-@triton.jit(do_not_specialize=_GENERIC)
+@jit(do_not_specialize=_GENERIC)
 def group_reduce(sum_a_ptr, sum_b_ptr, out_a_ptr, out_b_ptr, C, CG, G, NBLK, count, eps,
                  FORWARD: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_CG: tl.constexpr):
     n = tl.program_id(0)
@@ -86,7 +94,7 @@ def group_reduce(sum_a_ptr, sum_b_ptr, out_a_ptr, out_b_ptr, C, CG, G, NBLK, cou
         tl.store(out_b_ptr + n * G + g, mean_b)
 
 
-@triton.jit(do_not_specialize=_GENERIC)
+@jit(do_not_specialize=_GENERIC)
 def apply(x_ptr, dy_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, c1_ptr, c2_ptr, out_ptr,
           HW, C, CG, G,
           BACKWARD: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
