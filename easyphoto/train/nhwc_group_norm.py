@@ -6,7 +6,7 @@ training step, 7 ms of 58 (bench/README.md). Channels-last removes them, but PyT
 GroupNorm only has NCHW kernels: it copies its input to NCHW and its output is NCHW, which
 the next convolution copies back, in both passes — more copies than the conversions saved.
 
-:class:`NhwcGroupNorm` normalises channels-last tensors in place of layout, in three Triton
+:class:`NhwcGroupNorm` normalises channels-last tensors as they lie, in three Triton
 kernels per pass (:mod:`.nhwc_kernels`: per-channel partial sums, per-group statistics in
 float32, element-wise apply). Only the input gets a gradient: in LoRA training the norms'
 affine weights are frozen. :func:`nhwc_group_norms` switches a model's ``nn.GroupNorm``
