@@ -283,10 +283,11 @@ def run_loop(steps: int, out: Path) -> dict:
     return {"way": "loop", "steps": steps, "loop": rows}
 
 
-def run_coldstart(speedups, out: Path, steps: int = 8) -> dict:
+def run_coldstart(speedups, out: Path, steps: int = 8, warm_attention: bool = False) -> dict:
     """A fresh process's first training steps one by one (eager warm-up, capture, replays)
     and its first two validation rounds: what the first use of each kernel costs (cuDNN
-    plans, runtime-compiled attention kernels) under ``speedups``."""
+    plans, runtime-compiled attention kernels) under ``speedups``. ``warm_attention``: cuDNN's
+    attention warmed up on a thread while the models are built (bench/attention_warmup.py)."""
     from easyphoto.face.lite import LiteBackend
     from easyphoto.params import TrainRequest
     from easyphoto.train.latent_cache import build_latent_cache
@@ -297,7 +298,17 @@ def run_coldstart(speedups, out: Path, steps: int = 8) -> dict:
     from random_models import random_components
 
     request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    warm = None
+    if warm_attention:
+        from attention_warmup import start_sdpa_warm_up
+
+        warm = start_sdpa_warm_up()
+    start = _sync()
     components = random_components("sd15", dtype=torch.bfloat16)
+    if warm is not None:
+        warm.join()
+    print(f"COLD models built (and attention warmed: {warm_attention}) in "
+          f"{_sync() - start:.2f} s", flush=True)
     cache = build_latent_cache(components, DATA / "dataset", request.resolution,
                                request.random_flip, request.seed)
     seconds, checkpoints = [], []
@@ -449,8 +460,9 @@ def main() -> None:
     torch.cuda.reset_peak_memory_stats()
     if way.startswith("ours"):
         result = run_ours(steps, out, speedups_of(way))
-    elif way.startswith("coldstart"):  # coldstart[:attention=flash,...]
-        result = run_coldstart(speedups_of(way), out)
+    elif way.startswith("coldstart"):  # coldstart[-warm][:attention=cudnn,...]
+        result = run_coldstart(speedups_of(way), out,
+                               warm_attention=way.partition(":")[0] == "coldstart-warm")
     elif way == "fusion":
         result = run_fusion(out)
     elif way == "validation-profile":
