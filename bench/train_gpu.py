@@ -283,11 +283,12 @@ def run_loop(steps: int, out: Path) -> dict:
     return {"way": "loop", "steps": steps, "loop": rows}
 
 
-def run_coldstart(speedups, out: Path, steps: int = 8, warm_attention: bool = False) -> dict:
+def run_coldstart(speedups, out: Path, steps: int = 8, warm_attention: str = "") -> dict:
     """A fresh process's first training steps one by one (eager warm-up, capture, replays)
     and its first two validation rounds: what the first use of each kernel costs (cuDNN
     plans, runtime-compiled attention kernels) under ``speedups``. ``warm_attention``: cuDNN's
-    attention warmed up on a thread while the models are built (bench/attention_warmup.py)."""
+    attention warmed up while the models are built (bench/attention_warmup.py): ``"thread"``
+    on a background thread, ``"main"`` on this thread (the models built on another)."""
     from easyphoto.face.lite import LiteBackend
     from easyphoto.params import TrainRequest
     from easyphoto.train.latent_cache import build_latent_cache
@@ -298,15 +299,29 @@ def run_coldstart(speedups, out: Path, steps: int = 8, warm_attention: bool = Fa
     from random_models import random_components
 
     request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
-    warm = None
-    if warm_attention:
-        from attention_warmup import start_sdpa_warm_up
-
-        warm = start_sdpa_warm_up()
     start = _sync()
-    components = random_components("sd15", dtype=torch.bfloat16)
-    if warm is not None:
-        warm.join()
+    if warm_attention == "main":  # the warm-up on this thread, the models built beside it
+        import threading
+
+        from attention_warmup import warm_sdpa
+
+        built = {}
+        builder = threading.Thread(target=lambda: built.update(
+            c=random_components("sd15", dtype=torch.bfloat16)))
+        builder.start()
+        warm_sdpa()
+        print(f"COLD attention warmed on the main thread in {_sync() - start:.2f} s", flush=True)
+        builder.join()
+        components = built["c"]
+    else:
+        warm = None
+        if warm_attention:
+            from attention_warmup import start_sdpa_warm_up
+
+            warm = start_sdpa_warm_up()
+        components = random_components("sd15", dtype=torch.bfloat16)
+        if warm is not None:
+            warm.join()
     print(f"COLD models built (and attention warmed: {warm_attention}) in "
           f"{_sync() - start:.2f} s", flush=True)
     cache = build_latent_cache(components, DATA / "dataset", request.resolution,
@@ -337,6 +352,43 @@ def run_coldstart(speedups, out: Path, steps: int = 8, warm_attention: bool = Fa
     print(f"COLD validation rounds {rounds}", flush=True)
     return {"way": "coldstart", "speedups": str(speedups), "step_seconds": seconds,
             "validation_round_seconds": rounds}
+
+
+def run_first_step(speedups) -> dict:
+    """The first training steps of a process, eager, under torch.profiler (CPU): which
+    operators spend the first step's seconds (kernel selection, runtime compilation, module
+    loading), step by step; run it first on a freshly started machine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from easyphoto.params import TrainRequest
+    from easyphoto.train.latent_cache import build_latent_cache
+    from easyphoto.train.lora import LoraTrainer, _speedups_applied, tf32_matmuls
+    from random_models import random_components
+
+    request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
+    components = random_components("sd15", dtype=torch.bfloat16, with_canny=False)
+    start = _sync()
+    cache = build_latent_cache(components, DATA / "dataset", request.resolution,
+                               request.random_flip, request.seed)
+    print(f"FIRST latents {_sync() - start:.3f} s", flush=True)
+    seconds = []
+    with tf32_matmuls(components.device):
+        start = _sync()
+        with _speedups_applied(components, speedups):
+            print(f"FIRST speedups applied {_sync() - start:.3f} s", flush=True)
+            trainer = LoraTrainer(components, request, 10, graphable=False, master_weights=True)
+            with trainer.fused(speedups.fused_lora):
+                for step in range(3):
+                    start = _sync()
+                    with profile(activities=[ProfilerActivity.CPU]) as prof:
+                        float(trainer.step(trainer.draw_batch(cache)))
+                    seconds.append(round(_sync() - start, 3))
+                    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+                    for event in ops[:12]:
+                        print(f"FIRST step{step + 1} {event.self_cpu_time_total / 1e6:7.3f} s "
+                              f"{event.count:5d}x {event.key[:100]}", flush=True)
+    print(f"FIRST steps {seconds}", flush=True)
+    return {"way": "firststep", "speedups": str(speedups), "step_seconds": seconds}
 
 
 def run_fusion(out: Path, checkpoints: int = 8) -> dict:
@@ -382,7 +434,7 @@ def interval_pace(marks: list, start: float, interval: int) -> list:
     return [round(1000 * seconds / count, 1) for count, seconds in pace]
 
 
-def run_ours(steps: int, out: Path, speedups=None) -> dict:
+def run_ours(steps: int, out: Path, speedups=None, with_start_up: bool = True) -> dict:
     """The training pipeline's GPU stages, timed (scoring after rendering, as the pipeline;
     scoring on the validation worker measured slower: see render_all_checkpoints)."""
     import numpy as np
@@ -392,7 +444,7 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     from easyphoto.train.fusion import choose_and_fuse
     from easyphoto.train.lora import TrainSpeedups, train_lora
     from easyphoto.train.lora_io import fuse_checkpoints
-    from easyphoto.train.nhwc_group_norm import start_warm_up
+    from easyphoto.train.start_up import TrainingStartUp
     from easyphoto.train.validate import (ValidationRenderer, render_all_checkpoints, score_renders,
                                           validation_templates)
     from random_models import random_components
@@ -400,12 +452,11 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
     request = TrainRequest(user_id="bench", base_model="", mixed_precision="bf16").resolved()
     times = {}
     start = _sync()
-    # as the pipeline: the Triton kernels compile while the models load
-    warm = start_warm_up(torch.bfloat16) if (speedups or TrainSpeedups()).channels_last_for(
-        torch.bfloat16) else None
+    # as the pipeline: GPU libraries read ahead and kernels compiled while the models load
+    start_up = TrainingStartUp(request) if with_start_up else None
     components = random_components("sd15", dtype=torch.bfloat16)
-    if warm is not None:
-        warm.join()
+    if speedups is None:  # plain "ours": what the pipeline picks
+        speedups = start_up.speedups() if start_up is not None else TrainSpeedups()
     times["load_models"] = _sync() - start
     start = _sync()
     marks = []  # (step, time) as each step's loss is read: the loop's pace by interval
@@ -419,6 +470,15 @@ def run_ours(steps: int, out: Path, speedups=None) -> dict:
                         progress=progress)
     times["train_total"] = _sync() - start
     times["ms_per_step_by_interval"] = interval_pace(marks, start, request.validation_steps)
+    times["to_first_step_s"] = marks[0][1] - start - output.seconds["latents"] - \
+        output.seconds["lora_setup"]
+    times["first_steps_s"] = [round(b[1] - a[1], 3) for a, b in zip(marks[:12], marks[1:13])]
+    if start_up is not None:
+        prefetched = start_up.prefetch.join()
+        times.update(prefetch_gb=prefetched.bytes / 1e9, prefetch_s=prefetched.seconds,
+                     attention_warm_up_s=start_up.attention and start_up.attention.seconds,
+                     attention=speedups.attention)
+        start_up.finish()
     times.update({f"train_{k}": v for k, v in output.seconds.items()})
     backend = LiteBackend()
     start = _sync()
@@ -458,11 +518,15 @@ def main() -> None:
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 800
     out = Path("/tmp/easyphoto-bench") / way.partition(":")[0]
     torch.cuda.reset_peak_memory_stats()
-    if way.startswith("ours"):
-        result = run_ours(steps, out, speedups_of(way))
-    elif way.startswith("coldstart"):  # coldstart[-warm][:attention=cudnn,...]
+    if way.startswith("ours"):  # ours-bare: without the pipeline's start-up work
+        result = run_ours(steps, out, speedups_of(way) if ":" in way else None,
+                          with_start_up=way.partition(":")[0] != "ours-bare")
+    elif way.startswith("coldstart"):  # coldstart[-warm|-main][:attention=cudnn,...]
+        warm = {"coldstart-warm": "thread", "coldstart-main": "main"}
         result = run_coldstart(speedups_of(way), out,
-                               warm_attention=way.partition(":")[0] == "coldstart-warm")
+                               warm_attention=warm.get(way.partition(":")[0], ""))
+    elif way.startswith("firststep"):  # firststep[:attention=cudnn,...]
+        result = run_first_step(speedups_of(way))
     elif way == "fusion":
         result = run_fusion(out)
     elif way == "validation-profile":

@@ -444,10 +444,11 @@ class TrainSpeedups:
     convolution kernels; restored afterwards); ``None`` = where the channels-last GroupNorm
     runs too (fp32 master weights, no autocast, ``nhwc_group_norm``, Triton on CUDA).
     ``attention``: the scaled-dot-product attention kernels tried first — ``"default"``
-    (PyTorch's order), ``"cudnn"`` (cuDNN's fused attention first) or ``"flash"``. Default
-    flash: cuDNN's attention is 5 ms per step faster (H100, 49.4 vs 54.9 ms) but compiles its
-    kernels at first use, 11 s + 2.5 s on a fresh machine (bench ``coldstart``), more than
-    it saves in a training.
+    (PyTorch's order), ``"cudnn"`` (cuDNN's fused attention first) or ``"flash"``. cuDNN's
+    attention is 5 ms per step faster (H100, 49.4 vs 54.9 ms) but compiles its kernels at first
+    use (≈ 3 s, 13 s on a fresh machine: bench ``coldstart``), so the default is flash and the
+    training pipeline picks cuDNN only when its kernels were compiled while the run prepared
+    (:mod:`.start_up`).
     ``master_weights``: the LoRA weights in the models' half precision and no autocast, the
     optimiser updating fp32 master copies (checkpoints are saved from the masters); ``None``
     = on for bf16 models (bf16 has fp32's range), off for fp16 (autocast keeps the norms in
@@ -573,16 +574,18 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     request, device = request.resolved(), torch.device(components.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seconds = {"latents": 0.0, "train": 0.0, "checkpoints": 0.0, "callbacks": 0.0}
+    seconds = {"latents": 0.0, "lora_setup": 0.0, "train": 0.0, "checkpoints": 0.0,
+               "callbacks": 0.0}
     speedups = speedups or TrainSpeedups()
     with tf32_matmuls(device), _speedups_applied(components, speedups):
         started = time.monotonic()
         cache = build_latent_cache(components, dataset_dir, request.resolution,
                                    request.random_flip, request.seed, progress)
+        seconds["latents"] = time.monotonic() - started
         trainer = LoraTrainer(components, request, total_steps, micro_batch,
                               graphable=speedups.cuda_graph,
                               master_weights=speedups.masters_for(components.dtype))
-        seconds["latents"] = time.monotonic() - started
+        seconds["lora_setup"] = time.monotonic() - started - seconds["latents"]
         output = TrainOutput(seconds=seconds)
         if trainer.graphable:
             from .step_graph import GraphedSteps

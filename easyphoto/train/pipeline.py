@@ -74,8 +74,9 @@ def preprocess_stage(run_dir: Path, request: TrainRequest, photos: Sequence[Path
 
 
 def training_stage(run_dir: Path, request: TrainRequest, dataset_dir: Path, kept: int,
-                   components, progress: ProgressFn, cancel: CancelToken):
-    """SPEC 1.3: LoRA checkpoints every ``validation_steps`` and at the final step."""
+                   components, progress: ProgressFn, cancel: CancelToken, speedups=None):
+    """SPEC 1.3: LoRA checkpoints every ``validation_steps`` and at the final step
+    (``speedups``: :class:`~.lora.TrainSpeedups`, default its defaults)."""
     from .lora import train_lora
 
     total = request.train_steps(kept)
@@ -85,7 +86,7 @@ def training_stage(run_dir: Path, request: TrainRequest, dataset_dir: Path, kept
     # several times larger, on cards with less room to spare: validation reads its files.
     keep = request.validation and components.family == "sd15"
     return train_lora(components, dataset_dir, request, run_dir / "checkpoints", total,
-                      progress=progress, cancel=cancel, keep_snapshots=keep)
+                      progress=progress, cancel=cancel, keep_snapshots=keep, speedups=speedups)
 
 
 def template_generation_stage(components, models_dir: Optional[Path],
@@ -130,29 +131,17 @@ def final_checkpoint_only(run_dir: Path, checkpoints, prep) -> dict:
             "checkpoints": {str(final.path.name): 1.0}, "face_id": "ref.jpg"}
 
 
-def _start_kernel_warm_up(request: TrainRequest):
-    """The training's Triton kernels compiled on a background thread, where it will use them
-    (CUDA, channels-last GroupNorm); the thread, or None."""
-    from .loading import resolve_device, weight_dtype
-    from .lora import TrainSpeedups
-
-    device = resolve_device(None)
-    dtype = weight_dtype(request.mixed_precision or "fp16", device)
-    if device.type != "cuda" or not TrainSpeedups().channels_last_for(dtype):
-        return None
-    from .nhwc_group_norm import start_warm_up
-
-    return start_warm_up(dtype)
-
-
 def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
                progress: ProgressFn = no_progress, cancel: Optional[CancelToken] = None,
                models_dir: Optional[Path] = None) -> dict:
     """Run the whole training of ``request`` into ``run_dir``; returns the summary for the user."""
     from .loading import load_components
 
+    from .start_up import TrainingStartUp
+
     request, cancel, timings = request.resolved(), cancel or CancelToken(), {}
-    warm_up = _start_kernel_warm_up(request)  # compiles while photos and models load
+    # while photos and models load: GPU libraries read ahead, kernels compiled
+    start_up = TrainingStartUp(request)
     backend = get_face_backend(request.face_backend, models_dir=models_dir)
     with _timed(timings, "preprocess"):
         prep = preprocess_stage(run_dir, request, photos, backend, progress, cancel)
@@ -165,11 +154,11 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
         with _timed(timings, "validation_templates"):
             generated = template_generation_stage(components, models_dir, progress=progress,
                                                   cancel=cancel)
-    if warm_up is not None:
-        warm_up.join()
+    speedups = start_up.speedups()
     with _timed(timings, "train"):
         output = training_stage(run_dir, request, prep.dataset_dir, prep.kept, components,
-                                progress, cancel)
+                                progress, cancel, speedups)
+    start_up_summary = start_up.finish()
     with _timed(timings, "validation_and_fusion"):
         if request.validation:
             fusion = validation_stage(run_dir, request, components, output.checkpoints, prep,
@@ -185,7 +174,10 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
             "loss_first": output.losses[0] if output.losses else None,
             "loss_last": output.losses[-1] if output.losses else None,
             "fusion": fusion, "preprocess": prep.report, "face_backend": backend.name,
-            "timings": {**timings, **output.seconds}, "versions": _versions()}
+            "timings": {**timings, **output.seconds}, "versions": _versions(),
+            "speedups": {"attention": speedups.attention,
+                         "channels_last": speedups.channels_last_for(components.dtype),
+                         "start_up": start_up_summary}}
     atomic_write_json(run_dir / "meta.json", meta)
     progress(Progress(stage="done", done=1, total=1, message="training finished"))
     return {"steps": meta["steps"], "photos_kept": prep.kept, "fusion": fusion, "timings": meta["timings"]}

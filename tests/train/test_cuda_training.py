@@ -48,3 +48,22 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit-for-bit equality (NaN included: fp16 training may overflow on the tiny models)."""
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
         a.view(torch.int16), b.view(torch.int16))
+
+
+def test_cudnn_attention_warm_up_runs_the_sd15_shapes_and_matches_math():
+    import torch.nn.functional as F
+
+    from easyphoto.train.attention_warm_up import (cudnn_attention, start_attention_warm_up,
+                                                   training_attention_shapes)
+
+    warm = start_attention_warm_up("sd15", 512, 2, torch.bfloat16, "cuda")
+    if warm is None:
+        pytest.skip("this torch has no cuDNN attention with a priority order")
+    assert warm.join(timeout=600), warm.error
+    small_heads = [s for s in training_attention_shapes("sd15", 512) if s.head_dim <= 128]
+    assert set(small_heads) <= set(warm.ran) and warm.choice() == "cudnn"
+    generator = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 8, 1024, 80, generator=generator, device="cuda",
+                           dtype=torch.bfloat16) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert torch.allclose(cudnn_attention(q, k, v, False).float(), expected, atol=2e-2)
