@@ -162,17 +162,19 @@ def test_kernels_equal_pytorch_in_the_triton_interpreter():
 def test_warm_up_only_where_the_kernels_run():
     from easyphoto.params import TrainRequest
     from easyphoto.train.nhwc_group_norm import start_warm_up
-    from easyphoto.train.pipeline import _start_kernel_warm_up
+    from easyphoto.train.start_up import TrainingStartUp
 
-    request = TrainRequest(user_id="u", mixed_precision="bf16")
+    request = TrainRequest(user_id="u", base_model="", mixed_precision="bf16")
     if not triton_usable():
-        assert start_warm_up(torch.bfloat16) is None and _start_kernel_warm_up(request) is None
+        assert start_warm_up(torch.bfloat16) is None
+        assert TrainingStartUp(request).group_norm is None
         return
-    thread = _start_kernel_warm_up(request)  # bf16 on CUDA: channels-last by default
+    thread = TrainingStartUp(request).group_norm  # bf16 on CUDA: channels-last by default
     assert thread is not None
     thread.join(timeout=120)
     assert not thread.is_alive()
-    assert _start_kernel_warm_up(TrainRequest(user_id="u", mixed_precision="fp16")) is None
+    fp16 = TrainRequest(user_id="u", base_model="", mixed_precision="fp16")
+    assert TrainingStartUp(fp16).group_norm is None
 
 
 def test_kernels_that_fail_leave_pytorch_group_norm_with_a_warning(monkeypatch, caplog):

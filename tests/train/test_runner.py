@@ -63,6 +63,9 @@ def test_finished_run_is_swapped_in(trained):
     assert any(k.startswith("lora_te_") for k in tensors)
     assert record.face_id_path.is_file() and record.ref_path.is_file()
     assert [c["step"] for c in record.meta["checkpoints"]] == [2, 3]
+    # the CPU run: no start-up work, PyTorch's attention order (flash first on CUDA)
+    assert record.meta["speedups"] == {"attention": "flash", "channels_last": False,
+                                       "start_up": None}
     kept = record.meta["preprocess"]["kept"]
     assert kept == 4 and {p["file"]: p["verdict"] for p in record.meta["preprocess"]["photos"]}[
         "biden.jpg"] == "other_person"
