@@ -51,7 +51,8 @@ def speedups_of(way: str):
 
 #: (name, TrainSpeedups changes) timed by ``variants``; the variants measured before fused LoRA
 #: linears, the channels-last GroupNorm and flash attention by default name their settings
-OLD = {"fused_lora": False, "channels_last": False, "attention": "default"}
+OLD = {"fused_lora": False, "channels_last": False, "attention": "default",
+       "fused_geglu": False}
 OFF = {**OLD, "master_weights": False}
 MASTER = {**OLD, "master_weights": True}
 VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": True}),
@@ -68,10 +69,14 @@ VARIANTS = (("graph", OFF), ("graph+channels_last", {**OFF, "channels_last": Tru
              {**MASTER, "fused_lora": True, "channels_last": True, "nhwc_group_norm": False}),
             ("graph+master_weights+fused_lora+channels_last_nhwc_gn",
              {**MASTER, "fused_lora": True, "channels_last": True}),
-            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+flash_attention (defaults)",
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+flash_attention",
+             {"fused_geglu": False}),
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+flash+fused_geglu (defaults)",
              {}),
+            ("graph+master_weights+fused_lora+channels_last_nhwc_gn+fused_geglu+cudnn_attention",
+             {"attention": "cudnn"}),
             ("graph+master_weights+fused_lora+channels_last_nhwc_gn+cudnn_attention",
-             {"attention": "cudnn"}))
+             {"fused_geglu": False, "attention": "cudnn"}))
 
 
 def run_variants(steps: int, only: str = "") -> dict:

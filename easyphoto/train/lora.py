@@ -462,6 +462,8 @@ class TrainSpeedups:
     ``fused_lora``: each LoRA linear as one autograd node (:mod:`.fused_lora`: the LoRA
     branch added by the matrix product, no element-wise kernels per layer); where it would
     not be exact (autocast, fp16 training) peft's forward runs.
+    ``fused_geglu``: the UNet's GEGLU gates in one Triton kernel per pass
+    (:mod:`.fused_geglu`) instead of diffusers' split halves, ``gelu`` and product.
     """
 
     def masters_for(self, dtype: torch.dtype) -> bool:
@@ -483,6 +485,7 @@ class TrainSpeedups:
     read_ahead: bool = True
     fused_lora: bool = True
     nhwc_group_norm: bool = True
+    fused_geglu: bool = True
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_ORDERS:
@@ -515,7 +518,8 @@ def attention_order(device: torch.device, name: str):
 
 @contextlib.contextmanager
 def _speedups_applied(components, speedups: TrainSpeedups):
-    """Channels-last UNet and the SDPA order for the duration (CUDA only); restored after."""
+    """Channels-last UNet, its GroupNorm and GEGLU kernels and the SDPA order for the duration
+    (CUDA only); restored after."""
     device = torch.device(components.device)
     if device.type != "cuda":
         yield
@@ -529,6 +533,10 @@ def _speedups_applied(components, speedups: TrainSpeedups):
                 from .nhwc_group_norm import nhwc_group_norms
 
                 stack.enter_context(nhwc_group_norms([components.unet]))
+        if speedups.fused_geglu:
+            from .fused_geglu import fused_gegelus
+
+            stack.enter_context(fused_gegelus([components.unet]))
         yield
 
 
