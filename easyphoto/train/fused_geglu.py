@@ -16,12 +16,15 @@ diffusers' forward runs everywhere else.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator, Sequence
 
 import torch
 
 from .nhwc_group_norm import triton_usable
 from .nhwc_kernels import jit, tl
+
+logger = logging.getLogger(__name__)
 
 _BLOCK_R, _BLOCK_C = 16, 128
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -76,8 +79,6 @@ class FusedGeglu(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        from . import fused_geglu as k
-
         (x,) = ctx.saved_tensors
         features = x.shape[-1] // 2
         rows = x.numel() // (2 * features)
@@ -123,8 +124,11 @@ def _geglu_layers(models: Sequence[torch.nn.Module]) -> list:
 def fused_gegelus(models: Sequence[torch.nn.Module]) -> Iterator[int]:
     """Within: the GEGLU layers of ``models`` compute their gate with :class:`FusedGeglu`
     where it applies (:func:`geglu_applies`); yields how many layers were switched (0 without
-    Triton or CUDA). Their own forward is restored on exit."""
+    Triton, for models not on CUDA, or where the kernels do not run: then with a warning).
+    Their own forward is restored on exit."""
     layers = _geglu_layers(models) if triton_usable() else []
+    if layers and not _kernels_run(layers[0]):
+        layers = []
     for layer in layers:
         layer.forward = _fused_forward(layer)
     try:
@@ -132,3 +136,26 @@ def fused_gegelus(models: Sequence[torch.nn.Module]) -> Iterator[int]:
     finally:
         for layer in layers:
             layer.__dict__.pop("forward", None)
+
+
+def warm_up(dtype: torch.dtype, device="cuda") -> None:
+    """Compile and load the kernels for ``dtype`` (a forward and backward on a small tensor;
+    one compilation serves every SD shape)."""
+    x = torch.randn(2, 4, 2 * 32, device=device, dtype=dtype, requires_grad=True)
+    FusedGeglu.apply(x).backward(torch.ones(2, 4, 32, device=device, dtype=dtype))
+    torch.cuda.synchronize(device)
+
+
+def _kernels_run(layer: torch.nn.Module) -> bool:
+    """Whether the kernels compile and run for ``layer``'s device and dtype; if not (a GPU
+    Triton cannot compile for), diffusers' GEGLU stays, with a warning saying why."""
+    weight = getattr(layer.proj, "weight", None)
+    if weight is None or weight.device.type != "cuda":
+        return False
+    try:
+        warm_up(weight.dtype, weight.device)
+    except Exception as error:  # noqa: BLE001 - any failure: keep diffusers' GEGLU
+        logger.warning("fused GEGLU unavailable (%s: %s); using diffusers' GEGLU",
+                       type(error).__name__, error)
+        return False
+    return True

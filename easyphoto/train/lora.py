@@ -587,13 +587,9 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     speedups = speedups or TrainSpeedups()
     with tf32_matmuls(device), _speedups_applied(components, speedups):
         started = time.monotonic()
-        cache = build_latent_cache(components, dataset_dir, request.resolution,
-                                   request.random_flip, request.seed, progress)
-        seconds["latents"] = time.monotonic() - started
-        trainer = LoraTrainer(components, request, total_steps, micro_batch,
-                              graphable=speedups.cuda_graph,
-                              master_weights=speedups.masters_for(components.dtype))
-        seconds["lora_setup"] = time.monotonic() - started - seconds["latents"]
+        cache, trainer = _cache_and_trainer(components, dataset_dir, request, total_steps,
+                                            micro_batch, speedups, progress, seconds)
+        seconds["prepare"] = time.monotonic() - started
         output = TrainOutput(seconds=seconds)
         if trainer.graphable:
             from .step_graph import GraphedSteps
@@ -609,6 +605,35 @@ def train_lora(components, dataset_dir: Path, request: TrainRequest, out_dir: Pa
     logger.info("trained %d steps in %.1f s (%.2f steps/s), final loss %.4f", total_steps,
                 seconds["train"], seconds["steps_per_s"], output.losses[-1])
     return output
+
+
+def _cache_and_trainer(components, dataset_dir: Path, request: TrainRequest, total_steps: int,
+                       micro_batch: Optional[int], speedups: "TrainSpeedups",
+                       progress: ProgressFn, seconds: dict) -> tuple:
+    """The latent cache (VAE encoding, on a worker thread) and the :class:`LoraTrainer`
+    (adapters, masters, optimiser: Python-bound) built side by side; their own seconds go to
+    ``seconds["latents"]`` and ``seconds["lora_setup"]``. (Independent: the cache draws its
+    crops from its own seeded ``random.Random``, the adapters from the seeded torch RNG.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(key: str, fn, *args, **kwargs):
+        tick = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds[key] = time.monotonic() - tick
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="easyphoto-latents") as pool:
+        cache = pool.submit(timed, "latents", build_latent_cache, components, dataset_dir,
+                            request.resolution, request.random_flip, request.seed, progress)
+        try:
+            trainer = timed("lora_setup", LoraTrainer, components, request, total_steps,
+                            micro_batch, graphable=speedups.cuda_graph,
+                            master_weights=speedups.masters_for(components.dtype))
+        except BaseException:
+            cache.cancel()
+            raise
+        return cache.result(), trainer
 
 
 def _loop(trainer: LoraTrainer, stepper, cache: LatentCache, out_dir: Path,

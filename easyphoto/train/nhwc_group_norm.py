@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -183,20 +182,3 @@ def warm_up(dtype: torch.dtype, device: str = "cuda") -> None:
     NhwcGroupNorm.apply(x, 32, weight, torch.zeros_like(weight), 1e-5).backward(
         torch.ones_like(x))
     torch.cuda.synchronize(device)
-
-
-def start_warm_up(dtype: torch.dtype) -> Optional[threading.Thread]:
-    """:func:`warm_up` on a background thread (while photos are preprocessed and models load);
-    None where the kernels cannot run. A failure is only logged: training compiles them then."""
-    if not triton_usable():
-        return None
-
-    def run() -> None:
-        try:
-            warm_up(dtype)
-        except Exception as error:  # noqa: BLE001 - optional: the first step compiles instead
-            logger.warning("channels-last GroupNorm warm-up failed: %s", error)
-
-    thread = threading.Thread(target=run, name="easyphoto-kernel-warm-up", daemon=True)
-    thread.start()
-    return thread

@@ -16,11 +16,42 @@ is started and the defaults are returned.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Optional
 
 from ..params import TrainRequest
 
 logger = logging.getLogger(__name__)
+
+
+def triton_kernels(speedups, dtype) -> list:
+    """``(name, warm_up)`` of the Triton kernels a CUDA training with ``speedups`` on models
+    of ``dtype`` uses (none without Triton)."""
+    from .nhwc_group_norm import triton_usable
+
+    if not triton_usable():
+        return []
+    kernels = []
+    if speedups.channels_last_for(dtype) and speedups.nhwc_group_norm:
+        from .nhwc_group_norm import warm_up
+
+        kernels.append(("channels-last GroupNorm", warm_up))
+    if speedups.fused_geglu:
+        from .fused_geglu import warm_up
+
+        kernels.append(("fused GEGLU", warm_up))
+    return kernels
+
+
+def compile_kernels(kernels: list, dtype, device) -> None:
+    """Run each kernel's warm-up (Triton compiles at first use, ≈ 4 s on a fresh machine, then
+    from its disk cache); a failure is only logged: the training checks again and falls
+    back."""
+    for name, warm_up in kernels:
+        try:
+            warm_up(dtype, device)
+        except Exception as error:  # noqa: BLE001 - optional here
+            logger.warning("%s kernels did not compile here: %s", name, error)
 
 
 class TrainingStartUp:
@@ -37,11 +68,13 @@ class TrainingStartUp:
         cuda = self.device.type == "cuda"
         dtype = weight_dtype(request.mixed_precision or "fp16", self.device)
         self.prefetch = start_library_prefetch(self.device)
-        self.group_norm = None
-        if cuda and TrainSpeedups().channels_last_for(dtype):
-            from .nhwc_group_norm import start_warm_up
-
-            self.group_norm = start_warm_up(dtype)
+        kernels = triton_kernels(TrainSpeedups(), dtype) if cuda else []
+        self.triton = None
+        if kernels:
+            self.triton = threading.Thread(target=compile_kernels, args=(kernels, dtype,
+                                                                         self.device),
+                                           name="easyphoto-kernel-warm-up", daemon=True)
+            self.triton.start()
         batch = request.train_batch_size * request.gradient_accumulation_steps
         self.attention = start_attention_warm_up("sdxl" if request.sdxl else "sd15",
                                                  request.resolution, batch, dtype, self.device)
@@ -53,8 +86,8 @@ class TrainingStartUp:
 
         from .lora import TrainSpeedups
 
-        if self.group_norm is not None:
-            self.group_norm.join()
+        if self.triton is not None:
+            self.triton.join()
         speedups = TrainSpeedups()
         if self.attention is not None:
             speedups = dataclasses.replace(speedups, attention=self.attention.choice())

@@ -108,7 +108,7 @@ def test_failing_warm_up_reports_and_means_flash(monkeypatch):
 
 def test_start_up_on_the_cpu_starts_nothing():
     start_up = TrainingStartUp(TrainRequest(user_id="u", base_model=""), device="cpu")
-    assert (start_up.prefetch, start_up.group_norm, start_up.attention) == (None, None, None)
+    assert (start_up.prefetch, start_up.triton, start_up.attention) == (None, None, None)
     speedups = start_up.speedups(cuda_graph=False)
     assert speedups.attention == "flash" and speedups.cuda_graph is False
     assert start_up.finish() is None

@@ -61,6 +61,7 @@ def _feed_forward():
 
 def test_switch_counts_layers_and_restores_forward(monkeypatch):
     monkeypatch.setattr(fused_geglu, "triton_usable", lambda: True)
+    monkeypatch.setattr(fused_geglu, "_kernels_run", lambda layer: True)
     model = _feed_forward()
     layer = model.net[0]
     x = torch.randn(2, 7, 32)
@@ -79,6 +80,26 @@ def test_no_triton_no_switch(monkeypatch):
     monkeypatch.setattr(fused_geglu, "triton_usable", lambda: False)
     with fused_gegelus([_feed_forward()]) as switched:
         assert switched == 0
+
+
+def test_cpu_model_not_switched(monkeypatch):
+    monkeypatch.setattr(fused_geglu, "triton_usable", lambda: True)
+    model = _feed_forward()
+    with fused_gegelus([model]) as switched:
+        assert switched == 0 and "forward" not in model.net[0].__dict__
+
+
+def test_kernels_that_fail_keep_diffusers_geglu_with_a_warning(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    def broken(dtype, device="cuda"):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(fused_geglu, "warm_up", broken)
+    weight = SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16)
+    with caplog.at_level("WARNING"):
+        assert not fused_geglu._kernels_run(SimpleNamespace(proj=SimpleNamespace(weight=weight)))
+    assert "no kernel for this GPU" in caplog.text and "diffusers' GEGLU" in caplog.text
 
 
 def test_applies_only_to_contiguous_cuda_projections():
@@ -101,7 +122,7 @@ def test_cuda_gate_and_gradient_match_fp32(dtype):
     for shape in [(4, 4096, 2 * 1280), (4, 64, 2 * 5120), (3, 37, 2 * 150)]:
         x = torch.randn(shape, generator=generator, device="cuda") * 2
         dy = torch.randn(*shape[:-1], shape[-1] // 2, generator=generator, device="cuda")
-        ours_x = x.to(dtype).requires_grad_(True)
+        ours_x = x.to(dtype, copy=True).requires_grad_(True)
         ours = FusedGeglu.apply(ours_x)
         ours.backward(dy.to(dtype))
         ref_x = x.clone().requires_grad_(True)

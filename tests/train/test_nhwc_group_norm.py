@@ -25,7 +25,7 @@ def test_cpu_models_keep_pytorch_group_norm():
     with nhwc_group_norms([model]) as switched:
         got = model(x)
         assert not nhwc_applies(model[1], x)  # a CPU tensor
-    assert switched == (1 if triton_usable() else 0)
+    assert switched == 0  # a CPU model: never switched, with or without Triton and a GPU
     torch.testing.assert_close(got, expected)
     assert "forward" not in model[1].__dict__
 
@@ -161,20 +161,21 @@ def test_kernels_equal_pytorch_in_the_triton_interpreter():
 
 def test_warm_up_only_where_the_kernels_run():
     from easyphoto.params import TrainRequest
-    from easyphoto.train.nhwc_group_norm import start_warm_up
-    from easyphoto.train.start_up import TrainingStartUp
+    from easyphoto.train.lora import TrainSpeedups
+    from easyphoto.train.start_up import TrainingStartUp, triton_kernels
 
     request = TrainRequest(user_id="u", base_model="", mixed_precision="bf16")
     if not triton_usable():
-        assert start_warm_up(torch.bfloat16) is None
-        assert TrainingStartUp(request).group_norm is None
+        assert triton_kernels(TrainSpeedups(), torch.bfloat16) == []
+        assert TrainingStartUp(request).triton is None
         return
-    thread = TrainingStartUp(request).group_norm  # bf16 on CUDA: channels-last by default
+    names = [name for name, _ in triton_kernels(TrainSpeedups(), torch.bfloat16)]
+    assert names == ["channels-last GroupNorm", "fused GEGLU"]  # bf16: channels-last
+    assert [n for n, _ in triton_kernels(TrainSpeedups(), torch.float16)] == ["fused GEGLU"]
+    thread = TrainingStartUp(request).triton
     assert thread is not None
     thread.join(timeout=120)
     assert not thread.is_alive()
-    fp16 = TrainRequest(user_id="u", base_model="", mixed_precision="fp16")
-    assert TrainingStartUp(fp16).group_norm is None
 
 
 def test_kernels_that_fail_leave_pytorch_group_norm_with_a_warning(monkeypatch, caplog):
