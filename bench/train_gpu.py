@@ -461,7 +461,7 @@ def run_ours(steps: int, out: Path, speedups=None, with_start_up: bool = True) -
     start_up = TrainingStartUp(request) if with_start_up else None
     components = random_components("sd15", dtype=torch.bfloat16)
     if speedups is None:  # plain "ours": what the pipeline picks
-        speedups = start_up.speedups() if start_up is not None else TrainSpeedups()
+        speedups = start_up.speedups(steps) if start_up is not None else TrainSpeedups()
     times["load_models"] = _sync() - start
     start = _sync()
     marks = []  # (step, time) as each step's loss is read: the loop's pace by interval

@@ -151,7 +151,9 @@ class LoraTrainer:
         request, targets = self.request, lora_target_modules(self.c.family)
         remove_lora(self.c)
         models = [self.c.unet] + (list(self.c.text_encoders) if self.train_te else [])
-        with torch.random.fork_rng(devices=[]):
+        # created on the models' device (not on the CPU, then copied): seeded by manual_seed
+        # there too
+        with torch.random.fork_rng(devices=[]), torch.device(self.device):
             torch.manual_seed(request.seed)
             for index, model in enumerate(models):
                 names = targets.unet if index == 0 else targets.text_encoder

@@ -154,7 +154,7 @@ def train_into(run_dir: Path, request: TrainRequest, photos: Sequence[Path],
         with _timed(timings, "validation_templates"):
             generated = template_generation_stage(components, models_dir, progress=progress,
                                                   cancel=cancel)
-    speedups = start_up.speedups()
+    speedups = start_up.speedups(request.train_steps(prep.kept))
     with _timed(timings, "train"):
         output = training_stage(run_dir, request, prep.dataset_dir, prep.kept, components,
                                 progress, cancel, speedups)

@@ -79,9 +79,10 @@ class TrainingStartUp:
         self.attention = start_attention_warm_up("sdxl" if request.sdxl else "sd15",
                                                  request.resolution, batch, dtype, self.device)
 
-    def speedups(self, **changes):
-        """The :class:`~.lora.TrainSpeedups` for the training starting now (``changes`` on top):
-        the Triton kernels waited for, cuDNN's attention if its warm-up is done."""
+    def speedups(self, steps: int = 0, **changes):
+        """The :class:`~.lora.TrainSpeedups` for a training of ``steps`` steps starting now
+        (``changes`` on top): the Triton kernels waited for, cuDNN's attention if its warm-up
+        is done (or nearly: :meth:`~.attention_warm_up.AttentionWarmUp.choice`)."""
         import dataclasses
 
         from .lora import TrainSpeedups
@@ -90,7 +91,7 @@ class TrainingStartUp:
             self.triton.join()
         speedups = TrainSpeedups()
         if self.attention is not None:
-            speedups = dataclasses.replace(speedups, attention=self.attention.choice())
+            speedups = dataclasses.replace(speedups, attention=self.attention.choice(steps))
         return dataclasses.replace(speedups, **changes)
 
     def finish(self) -> Optional[dict]:

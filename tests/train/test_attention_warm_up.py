@@ -96,6 +96,40 @@ def test_unfinished_warm_up_is_not_waited_for(monkeypatch):
     assert warm.join(timeout=30) and warm.choice() == "cudnn"
 
 
+def _paced(monkeypatch, seconds: dict):
+    """cuDNN attention stand-in taking ``seconds[head_dim]`` per call."""
+    import time
+
+    def paced(q, k, v, causal):
+        time.sleep(seconds.get(q.shape[-1], 0.0))
+        return _math_attention(q, k, v, causal)
+
+    monkeypatch.setattr(aw, "cudnn_attention", paced)
+
+
+def test_nearly_done_warm_up_is_waited_for_when_it_pays(monkeypatch):
+    # 2 shapes of 0.3 s: after the first, ~0.3 s remain; 800 steps would save ~4 s
+    _paced(monkeypatch, {8: 0.3})
+    warm = AttentionWarmUp([AttentionShape(4, 4, 1, 8), AttentionShape(4, 77, 1, 8)], 1,
+                           torch.float32, "cpu")
+    while not warm.tried:
+        threading.Event().wait(0.01)
+    assert 0 < warm.remaining_s() < 1.0
+    assert warm.choice(steps=800) == "cudnn" and warm.ready()
+
+
+def test_long_warm_up_is_not_waited_for(monkeypatch):
+    # the rest is estimated at ~8 × 0.3 s: more than half of what 100 steps save (0.25 s)
+    _paced(monkeypatch, {8: 0.3})
+    warm = AttentionWarmUp([AttentionShape(4, 4 + i, 1, 8) for i in range(9)], 1,
+                           torch.float32, "cpu")
+    while not warm.tried:
+        threading.Event().wait(0.01)
+    assert warm.choice(steps=100) == "flash" and not warm._done.is_set()
+    assert warm.remaining_s() > 0.25
+    assert warm.join(timeout=30)  # it finishes in the background
+
+
 def test_failing_warm_up_reports_and_means_flash(monkeypatch):
     def broken(*args, **kwargs):
         raise MemoryError("no room")
